@@ -1,0 +1,100 @@
+// vla/backend/backend.hpp — backend tags, op policies and the trait every backend specialises.
+//
+// A backend is a tag type; `BackendTraits<Tag>` is its one specialisation point. The op (VLA or a
+// baseline) is a policy type passed through, so every backend runs the three recurrences through
+// one forward and comparisons are like for like. This header needs neither Eigen nor CUDA.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "vla/config.hpp"
+#include "vla/layout.hpp"
+
+namespace vla {
+
+namespace backend {
+struct Cpu {};   ///< Eigen on the host (vla/backend/cpu.hpp)
+struct Cuda {};  ///< fused CUDA kernels (vla/cuda/, for CUDA users only)
+}  // namespace backend
+
+/// The recurrences, as policies. Each says which inputs and state parts it uses.
+namespace op {
+struct Vla {
+  static constexpr const char* name = "vla";
+  static constexpr bool uses_u = true, uses_beta = false, uses_A = true, uses_z = true, uses_steps = true;
+};
+struct LinearAttention {
+  static constexpr const char* name = "linear_attention";
+  static constexpr bool uses_u = false, uses_beta = false, uses_A = false, uses_z = true, uses_steps = false;
+};
+struct DeltaNet {
+  static constexpr const char* name = "deltanet";
+  static constexpr bool uses_u = false, uses_beta = true, uses_A = false, uses_z = false, uses_steps = false;
+};
+}  // namespace op
+
+/// Specialised by each backend: `template <class Op, ...> static R forward(args, cfg, context...)`.
+template <class Backend>
+struct BackendTraits;
+
+namespace detail {
+
+/// The checks every backend makes on the host before touching data: extents, required pointers,
+/// whole state parts. Data-dependent checks (finite values, cu_seqlens order) are the backend's.
+template <class Op, class In, class St>
+void check_args(const ForwardArgs<In, St>& a) {
+  const std::string op = Op::name;
+  if (a.batch < 0) bad_arg(op + ": batch must be >= 0");
+  if (!a.varlen() && a.seq_len < 0) bad_arg(op + ": seq_len must be >= 0");
+  if (a.heads <= 0) bad_arg(op + ": heads must be > 0");
+  if (a.dk <= 0) bad_arg(op + ": dk must be > 0");
+  if (a.dv <= 0) bad_arg(op + ": dv must be > 0");
+  if (!a.q || !a.k || !a.v || !a.o) bad_arg(op + ": q, k, v and o are required");
+  if (Op::uses_u && !a.u) bad_arg(op + ": u (the penalty directions) is required");
+  if (Op::uses_beta && !a.beta) bad_arg(op + ": beta is required");
+  auto whole = [&](const auto& s, const char* which) {
+    const int given = (s.S != nullptr) + (Op::uses_A && s.A != nullptr) + (Op::uses_z && s.z != nullptr) +
+                      (Op::uses_steps && s.steps != nullptr);
+    const int needed = 1 + Op::uses_A + Op::uses_z + Op::uses_steps;
+    if (given != 0 && given != needed)
+      bad_arg(op + ": " + which + " must give all of its parts (" + (Op::uses_A ? "A, " : "") + "S" +
+              (Op::uses_z ? ", z" : "") + (Op::uses_steps ? ", steps" : "") + ") or none");
+    return given != 0;
+  };
+  whole(a.initial_state, "initial_state");
+  whole(a.final_state, "final_state");
+}
+
+/// cu_seqlens in host memory: N+1 entries, starting at 0, non-decreasing. Returns total tokens.
+inline std::int64_t check_cu_seqlens(const std::int64_t* cu, std::int64_t n) {
+  if (cu[0] != 0) bad_arg("cu_seqlens[0] must be 0");
+  for (std::int64_t i = 0; i < n; ++i)
+    if (cu[i + 1] < cu[i]) bad_arg("cu_seqlens must be non-decreasing (at index " + std::to_string(i + 1) + ")");
+  return cu[n];
+}
+
+}  // namespace detail
+
+/// The batched forward of op `Op` on backend `Backend` (SPEC 2 for op::Vla). The trailing
+/// arguments are the backend's context (backend::Cpu: an optional CpuOptions; backend::Cuda: a
+/// stream), and the return type is the backend's (Cpu: void, throws std::invalid_argument;
+/// Cuda: a status).
+template <class Backend, class Op = op::Vla, class In, class St, class... Context>
+decltype(auto) forward(const ForwardArgs<In, St>& args, const Config& cfg, Context&&... ctx) {
+  return BackendTraits<Backend>::template forward<Op>(args, cfg, static_cast<Context&&>(ctx)...);
+}
+
+/// Linear attention over the same buffers (SPEC 7).
+template <class Backend, class In, class St, class... Context>
+decltype(auto) linear_attention_forward(const ForwardArgs<In, St>& args, const Config& cfg, Context&&... ctx) {
+  return forward<Backend, op::LinearAttention>(args, cfg, static_cast<Context&&>(ctx)...);
+}
+
+/// DeltaNet over the same buffers (SPEC 7); needs args.beta.
+template <class Backend, class In, class St, class... Context>
+decltype(auto) deltanet_forward(const ForwardArgs<In, St>& args, const Config& cfg, Context&&... ctx) {
+  return forward<Backend, op::DeltaNet>(args, cfg, static_cast<Context&&>(ctx)...);
+}
+
+}  // namespace vla

@@ -1,0 +1,187 @@
+// vla/backend/cpu.hpp — the Eigen CPU backend: BackendTraits<backend::Cpu>.
+//
+// It maps the [tokens, H, D] buffers with Eigen::Map, runs each (sequence, head) through the
+// op's single-head state class (the one source of the maths), and spreads the independent
+// (sequence, head) pairs over threads. Results do not depend on the thread count: each pair is
+// computed by one thread, in order.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "vla/backend/backend.hpp"
+#include "vla/baselines.hpp"
+#include "vla/state.hpp"
+
+namespace vla {
+
+/// Execution options of the CPU backend.
+struct CpuOptions {
+  int threads = 1;  ///< worker threads over (sequence, head) pairs; 0 = all hardware threads
+};
+
+namespace detail {
+
+template <class Scalar>
+using CMap = Eigen::Map<const Vector<Scalar>>;
+template <class Scalar>
+using MMap = Eigen::Map<Vector<Scalar>>;
+template <class Scalar>
+using CRowMat = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+template <class Scalar>
+using RowMat = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+
+/// Where sequence n's tokens are: [first, first + length) on the token axis.
+template <class Scalar>
+struct TokenSpan {
+  std::int64_t first, length;
+};
+
+/// How the CPU backend loads, steps and stores each op's single-head state.
+template <class Op, class Scalar>
+struct CpuOp;
+
+template <class Scalar>
+struct CpuOp<op::Vla, Scalar> {
+  using State = VlaState<Scalar>;
+  static State make(const ForwardArgs<Scalar>& a, const Config& cfg, std::int64_t p) {
+    const auto& s = a.initial_state;
+    if (!s.S) return State(a.dk, a.dv, cfg);
+    VlaSnapshot<Scalar> snap{CRowMat<Scalar>(s.A + p * a.dk * a.dk, a.dk, a.dk),
+                             CRowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk), CMap<Scalar>(s.z + p * a.dk, a.dk),
+                             s.steps[p]};
+    return State(snap, cfg);
+  }
+  static void store(const State& st, const ForwardArgs<Scalar>& a, std::int64_t p) {
+    const auto& s = a.final_state;
+    RowMat<Scalar>(s.A + p * a.dk * a.dk, a.dk, a.dk) = st.A();
+    RowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk) = st.S();
+    MMap<Scalar>(s.z + p * a.dk, a.dk) = st.z();
+    s.steps[p] = st.steps();
+  }
+  template <class Out>
+  static void step(State& st, const ForwardArgs<Scalar>& a, std::int64_t tok, std::int64_t h, Out&& o) {
+    const std::int64_t xk = (tok * a.heads + h) * a.dk, xv = (tok * a.heads + h) * a.dv;
+    st.step_unchecked(CMap<Scalar>(a.q + xk, a.dk), CMap<Scalar>(a.k + xk, a.dk), CMap<Scalar>(a.v + xv, a.dv),
+                      CMap<Scalar>(a.u + xk, a.dk), o);
+  }
+};
+
+template <class Scalar>
+struct CpuOp<op::LinearAttention, Scalar> {
+  using State = LinearAttentionState<Scalar>;
+  static State make(const ForwardArgs<Scalar>& a, const Config& cfg, std::int64_t p) {
+    const auto& s = a.initial_state;
+    if (!s.S) return State(a.dk, a.dv, cfg);
+    return State(CRowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk), CMap<Scalar>(s.z + p * a.dk, a.dk), cfg);
+  }
+  static void store(const State& st, const ForwardArgs<Scalar>& a, std::int64_t p) {
+    RowMat<Scalar>(a.final_state.S + p * a.dv * a.dk, a.dv, a.dk) = st.S();
+    MMap<Scalar>(a.final_state.z + p * a.dk, a.dk) = st.z();
+  }
+  template <class Out>
+  static void step(State& st, const ForwardArgs<Scalar>& a, std::int64_t tok, std::int64_t h, Out&& o) {
+    const std::int64_t xk = (tok * a.heads + h) * a.dk, xv = (tok * a.heads + h) * a.dv;
+    st.step_unchecked(CMap<Scalar>(a.q + xk, a.dk), CMap<Scalar>(a.k + xk, a.dk), CMap<Scalar>(a.v + xv, a.dv), o);
+  }
+};
+
+template <class Scalar>
+struct CpuOp<op::DeltaNet, Scalar> {
+  using State = DeltaNetState<Scalar>;
+  static State make(const ForwardArgs<Scalar>& a, const Config&, std::int64_t p) {
+    const auto& s = a.initial_state;
+    if (!s.S) return State(a.dk, a.dv);
+    return State(Matrix<Scalar>(CRowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk)));
+  }
+  static void store(const State& st, const ForwardArgs<Scalar>& a, std::int64_t p) {
+    RowMat<Scalar>(a.final_state.S + p * a.dv * a.dk, a.dv, a.dk) = st.S();
+  }
+  template <class Out>
+  static void step(State& st, const ForwardArgs<Scalar>& a, std::int64_t tok, std::int64_t h, Out&& o) {
+    const std::int64_t xk = (tok * a.heads + h) * a.dk, xv = (tok * a.heads + h) * a.dv;
+    st.step_unchecked(CMap<Scalar>(a.q + xk, a.dk), CMap<Scalar>(a.k + xk, a.dk), CMap<Scalar>(a.v + xv, a.dv),
+                      a.beta[tok * a.heads + h], o);
+  }
+};
+
+template <class Scalar>
+void require_finite_buffer(const Scalar* p, std::int64_t n, const char* what) {
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) bad_arg(std::string(what) + " has a non-finite entry at flat index " + std::to_string(i));
+}
+
+/// Runs fn(i) for i in [0, n) on `threads` threads (static contiguous split), rethrowing the
+/// first exception.
+template <class Fn>
+void parallel_for(std::int64_t n, int threads, Fn&& fn) {
+  if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  threads = static_cast<int>(std::min<std::int64_t>(threads, n));
+  if (threads <= 1) {
+    for (std::int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(threads);
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (int w = 0; w < threads; ++w)
+    pool.emplace_back([&, w] {
+      try {
+        for (std::int64_t i = n * w / threads; i < n * (w + 1) / threads; ++i) fn(i);
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    });
+  for (auto& t : pool) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace detail
+
+template <>
+struct BackendTraits<backend::Cpu> {
+  /// Runs op `Op` over every (sequence, head). Validates everything — config, extents, finite
+  /// inputs, cu_seqlens, every initial state — before writing anything; on a throw, o and the
+  /// final state are untouched.
+  template <class Op, class Scalar>
+  static void forward(const ForwardArgs<Scalar, Scalar>& a, const Config& cfg, CpuOptions opt = {}) {
+    static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
+                  "vla: the CPU backend computes in float or double");
+    using Ops = detail::CpuOp<Op, Scalar>;
+    cfg.validate();
+    detail::check_args<Op>(a);
+    if (opt.threads < 0) detail::bad_arg("CpuOptions::threads must be >= 0");
+    const std::int64_t tokens = a.varlen() ? detail::check_cu_seqlens(a.cu_seqlens, a.batch) : a.batch * a.seq_len;
+    detail::require_finite_buffer(a.q, tokens * a.heads * a.dk, "q");
+    detail::require_finite_buffer(a.k, tokens * a.heads * a.dk, "k");
+    detail::require_finite_buffer(a.v, tokens * a.heads * a.dv, "v");
+    if (Op::uses_u) detail::require_finite_buffer(a.u, tokens * a.heads * a.dk, "u");
+    if (Op::uses_beta)
+      for (std::int64_t i = 0; i < tokens * a.heads; ++i)
+        if (!(a.beta[i] > Scalar(0) && a.beta[i] <= Scalar(1)))
+          detail::bad_arg("beta must be in (0, 1] (flat index " + std::to_string(i) + ")");
+
+    // Load (and so validate) every initial state before any output is written.
+    const std::int64_t pairs = a.batch * a.heads;
+    std::vector<typename Ops::State> states;
+    states.reserve(static_cast<std::size_t>(pairs));
+    for (std::int64_t p = 0; p < pairs; ++p) states.push_back(Ops::make(a, cfg, p));
+
+    detail::parallel_for(pairs, opt.threads, [&](std::int64_t p) {
+      const std::int64_t n = p / a.heads, h = p % a.heads;
+      const std::int64_t first = a.varlen() ? a.cu_seqlens[n] : n * a.seq_len;
+      const std::int64_t len = a.varlen() ? a.cu_seqlens[n + 1] - first : a.seq_len;
+      auto& st = states[static_cast<std::size_t>(p)];
+      for (std::int64_t t = first; t < first + len; ++t)
+        Ops::step(st, a, t, h, detail::MMap<Scalar>(a.o + (t * a.heads + h) * a.dv, a.dv));
+      if (a.final_state.S) Ops::store(st, a, p);
+    });
+  }
+};
+
+}  // namespace vla

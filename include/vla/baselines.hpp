@@ -1,0 +1,136 @@
+// vla/baselines.hpp — the two baselines of SPEC section 7, with the same shape of API as VlaState,
+// so that comparisons run through the same batched forward, layout and threading.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "vla/config.hpp"
+#include "vla/detail/eigen_util.hpp"
+
+namespace vla {
+
+/// Linear attention (Katharopoulos et al.): S ← S + v kᵀ; z ← z + k; o = S q / max(zᵀq, ε_den).
+/// Uses Config::denom_eps and Config::normalize_output; the other fields do not apply.
+template <class Scalar>
+class LinearAttentionState {
+ public:
+  using VectorType = Vector<Scalar>;
+  using MatrixType = Matrix<Scalar>;
+
+  LinearAttentionState(Eigen::Index dk, Eigen::Index dv, const Config& cfg = Config{}) : cfg_(cfg) {
+    cfg_.validate();
+    if (dk <= 0 || dv <= 0) throw std::invalid_argument("vla::LinearAttentionState: dk and dv must be > 0");
+    s_ = MatrixType::Zero(dv, dk);
+    z_ = VectorType::Zero(dk);
+    denom_eps_ = Scalar(cfg_.denom_eps);
+  }
+  /// Restores (S, z); validates sizes and finiteness.
+  LinearAttentionState(MatrixType s, VectorType z, const Config& cfg) : LinearAttentionState(s.cols(), s.rows(), cfg) {
+    detail::require_size(z.size(), s.cols(), "z");
+    detail::require_finite(s, "S");
+    detail::require_finite(z, "z");
+    s_ = std::move(s);
+    z_ = std::move(z);
+  }
+
+  Eigen::Index dk() const { return s_.cols(); }
+  Eigen::Index dv() const { return s_.rows(); }
+  const MatrixType& S() const { return s_; }
+  const VectorType& z() const { return z_; }
+
+  VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v) {
+    check_step(q, k, v);
+    VectorType o(dv());
+    step_unchecked(q, k, v, o);
+    return o;
+  }
+  void check_step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v) const {
+    detail::require_size(q.size(), dk(), "q");
+    detail::require_size(k.size(), dk(), "k");
+    detail::require_size(v.size(), dv(), "v");
+    detail::require_finite(q, "q");
+    detail::require_finite(k, "k");
+    detail::require_finite(v, "v");
+  }
+  template <class Out>
+  void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v, Out&& o) {
+    s_.noalias() += v * k.transpose();
+    z_ += k;
+    o.noalias() = s_ * q;
+    if (cfg_.normalize_output) o /= rules::output_denominator<Scalar>(z_.dot(q), denom_eps_);
+  }
+
+ private:
+  Config cfg_;
+  MatrixType s_;
+  VectorType z_;
+  Scalar denom_eps_{};
+};
+
+/// DeltaNet (delta rule with unit keys): k̂ = k/‖k‖; S ← S + β (v − S k̂) k̂ᵀ; o = S q.
+/// β ∈ (0, 1] per step. A zero key writes nothing (as in VLA). No Config field applies.
+template <class Scalar>
+class DeltaNetState {
+ public:
+  using VectorType = Vector<Scalar>;
+  using MatrixType = Matrix<Scalar>;
+
+  DeltaNetState(Eigen::Index dk, Eigen::Index dv) {
+    if (dk <= 0 || dv <= 0) throw std::invalid_argument("vla::DeltaNetState: dk and dv must be > 0");
+    s_ = MatrixType::Zero(dv, dk);
+    khat_.resize(dk);
+    e_.resize(dv);
+  }
+  /// Restores S; validates finiteness.
+  explicit DeltaNetState(MatrixType s) : DeltaNetState(s.cols(), s.rows()) {
+    detail::require_finite(s, "S");
+    s_ = std::move(s);
+  }
+
+  Eigen::Index dk() const { return s_.cols(); }
+  Eigen::Index dv() const { return s_.rows(); }
+  const MatrixType& S() const { return s_; }
+
+  VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+                  Scalar beta) {
+    check_step(q, k, v, beta);
+    VectorType o(dv());
+    step_unchecked(q, k, v, beta, o);
+    return o;
+  }
+  static void check_beta(Scalar beta) {
+    if (!(beta > Scalar(0) && beta <= Scalar(1)))
+      throw std::invalid_argument("vla::DeltaNetState: beta must be in (0, 1]");
+  }
+  void check_step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+                  Scalar beta) const {
+    detail::require_size(q.size(), dk(), "q");
+    detail::require_size(k.size(), dk(), "k");
+    detail::require_size(v.size(), dv(), "v");
+    detail::require_finite(q, "q");
+    detail::require_finite(k, "k");
+    detail::require_finite(v, "v");
+    check_beta(beta);
+  }
+  template <class Out>
+  void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+                      Scalar beta, Out&& o) {
+    const Scalar kf = detail::unit_factor<Scalar>(k);
+    if (kf != Scalar(0)) {
+      khat_.noalias() = k * kf;
+      e_ = v;
+      e_.noalias() -= s_ * khat_;
+      e_ *= beta;
+      s_.noalias() += e_ * khat_.transpose();
+    }
+    o.noalias() = s_ * q;
+  }
+
+ private:
+  MatrixType s_;
+  VectorType khat_, e_;
+};
+
+}  // namespace vla

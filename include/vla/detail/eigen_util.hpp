@@ -1,0 +1,43 @@
+// vla/detail/eigen_util.hpp — small Eigen helpers shared by the CPU classes.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <stdexcept>
+#include <string>
+
+#include "vla/detail/rules.hpp"
+
+namespace vla {
+
+template <class Scalar>
+using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+template <class Scalar>
+using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+/// Read-only view of any vector-like argument (Eigen vector, Map, segment, column).
+template <class Scalar>
+using VectorCRef = Eigen::Ref<const Vector<Scalar>>;
+
+namespace detail {
+
+/// The factor f with x̂ = f·x (rules::normalize_factor), 0 when x counts as zero.
+template <class Scalar, class Derived>
+Scalar unit_factor(const Eigen::MatrixBase<Derived>& x, Scalar extra = Scalar(1)) {
+  const Scalar inv_max = rules::inverse_max<Scalar>(x.cwiseAbs().maxCoeff());
+  if (inv_max == Scalar(0)) return Scalar(0);
+  return rules::normalize_factor<Scalar>(inv_max, (x * inv_max).squaredNorm(), extra);
+}
+
+template <class Derived>
+void require_finite(const Eigen::MatrixBase<Derived>& x, const char* what) {
+  if (!x.allFinite()) throw std::invalid_argument(std::string("vla: ") + what + " has a non-finite entry");
+}
+
+inline void require_size(Eigen::Index got, Eigen::Index want, const char* what) {
+  if (got != want)
+    throw std::invalid_argument(std::string("vla: ") + what + " has size " + std::to_string(got) +
+                                ", expected " + std::to_string(want));
+}
+
+}  // namespace detail
+}  // namespace vla

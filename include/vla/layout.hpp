@@ -1,0 +1,60 @@
+// vla/layout.hpp — the buffers a batched forward reads and writes: plain pointers and extents,
+// shared by every backend (host memory for backend::Cpu, device memory for backend::Cuda).
+//
+// Tokens, fixed-length:  q, k, u: [B, T, H, dk]   v, o: [B, T, H, dv]   beta: [B, T, H]
+// Tokens, variable-length (cu_seqlens given): the same with [B, T] replaced by the packed token
+//   axis [total_T]; sequence n owns tokens cu_seqlens[n] .. cu_seqlens[n+1]-1.
+// State, one per (sequence n, head h), all row-major and contiguous:
+//   A: [N, H, dk, dk]   S: [N, H, dv, dk]   z: [N, H, dk]   steps: [N, H]
+// Every buffer is dense row-major with the innermost dimension contiguous.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace vla {
+
+/// Per-(sequence, head) state buffers. T is the state scalar, const-qualified for an input state.
+/// A null pointer means "absent": an absent initial state is the fresh state of SPEC 2 (A = I/λ0,
+/// S = 0, z = 0, t = 0); an absent final state is not written. An op uses only its own parts
+/// (VLA: A, S, z, steps; linear attention: S, z; DeltaNet: S).
+template <class T>
+struct StateBuffers {
+  using Steps = std::conditional_t<std::is_const<T>::value, const std::int64_t, std::int64_t>;
+  T* A = nullptr;
+  T* S = nullptr;
+  T* z = nullptr;
+  Steps* steps = nullptr;
+};
+
+/// A batched forward's arguments. `In` is the token scalar, `St` the state scalar.
+template <class In, class St = In>
+struct ForwardArgs {
+  std::int64_t batch = 0;    ///< number of sequences N
+  std::int64_t seq_len = 0;  ///< T of the fixed-length layout; ignored when cu_seqlens is set
+  std::int64_t heads = 0;    ///< H
+  std::int64_t dk = 0;       ///< key / query / penalty-direction size
+  std::int64_t dv = 0;       ///< value / output size
+  const std::int64_t* cu_seqlens = nullptr;  ///< optional: N+1 non-decreasing offsets, cu_seqlens[0] = 0
+
+  const In* q = nullptr;
+  const In* k = nullptr;
+  const In* v = nullptr;
+  const In* u = nullptr;     ///< VLA's penalty directions (VLA only)
+  const In* beta = nullptr;  ///< DeltaNet's step sizes in (0, 1] (DeltaNet only)
+  In* o = nullptr;
+
+  StateBuffers<const St> initial_state;  ///< optional
+  StateBuffers<St> final_state;          ///< optional
+
+  bool varlen() const { return cu_seqlens != nullptr; }
+};
+
+namespace detail {
+
+[[noreturn]] inline void bad_arg(const std::string& what) { throw std::invalid_argument("vla::forward: " + what); }
+
+}  // namespace detail
+}  // namespace vla

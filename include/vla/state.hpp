@@ -1,0 +1,164 @@
+// vla/state.hpp — one head's VLA state and the recurrence step of SPEC section 2, written once.
+//
+// Every CPU path (single-head streaming, the batched forward on any number of threads) runs
+// VlaState::step_unchecked; the batched forward only adds validation, layout and threading.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <utility>
+
+#include "vla/config.hpp"
+#include "vla/detail/eigen_util.hpp"
+#include "vla/penalty_inverse.hpp"
+
+namespace vla {
+
+/// Everything a VlaState is, as plain matrices: what save() returns and restore() takes.
+template <class Scalar>
+struct VlaSnapshot {
+  Matrix<Scalar> A;         ///< dk×dk inverse penalty, SPD
+  Matrix<Scalar> S;         ///< dv×dk memory
+  Vector<Scalar> z;         ///< dk running key sum (output normaliser)
+  std::int64_t steps = 0;   ///< steps taken: the refresh phase (SPEC 3)
+};
+
+/// One head's recurrent state (A, S, z, t) and its step. Value type: copying it saves it.
+template <class Scalar>
+class VlaState {
+ public:
+  using VectorType = Vector<Scalar>;
+  using MatrixType = Matrix<Scalar>;
+
+  /// Fresh state: A = I/λ0, S = 0, z = 0, t = 0. Validates the config and the sizes.
+  VlaState(Eigen::Index dk, Eigen::Index dv, const Config& cfg = Config{})
+      : cfg_(checked(cfg, dk, dv)), pen_(dk, Scalar(cfg.lambda0)) {
+    s_ = MatrixType::Zero(dv, dk);
+    z_ = VectorType::Zero(dk);
+    init_scalars();
+  }
+
+  /// A state restored from a snapshot (e.g. another stream's final state). Validates it.
+  VlaState(const VlaSnapshot<Scalar>& snap, const Config& cfg)
+      : cfg_(checked(cfg, snap.A.rows(), snap.S.rows())), pen_(checked_a(snap)), s_(snap.S), z_(snap.z),
+        steps_(snap.steps) {
+    init_scalars();
+  }
+
+  Eigen::Index dk() const { return pen_.dim(); }
+  Eigen::Index dv() const { return s_.rows(); }
+  const Config& config() const { return cfg_; }
+
+  const MatrixType& A() const { return pen_.matrix(); }
+  const PenaltyInverse<Scalar>& penalty() const { return pen_; }
+  const MatrixType& S() const { return s_; }
+  const VectorType& z() const { return z_; }
+  std::int64_t steps() const { return steps_; }
+
+  VlaSnapshot<Scalar> save() const { return {A(), s_, z_, steps_}; }
+
+  /// Replaces the state with a snapshot; validates first, so a throw leaves *this unchanged.
+  void restore(const VlaSnapshot<Scalar>& snap) { *this = VlaState(snap, cfg_); }
+
+  /// One step (SPEC 2) on q, k ∈ R^dk, v ∈ R^dv, u ∈ R^dk; returns o ∈ R^dv.
+  /// Throws std::invalid_argument on a size mismatch or a non-finite entry, before any change.
+  VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+                  const VectorCRef<Scalar>& u) {
+    VectorType o(dv());
+    step(q, k, v, u, o);
+    return o;
+  }
+
+  /// As above, writing o (size dv) in place.
+  template <class Out>
+  void step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+            const VectorCRef<Scalar>& u, Out&& o) {
+    check_step(q, k, v, u);
+    detail::require_size(o.size(), dv(), "o");
+    step_unchecked(q, k, v, u, o);
+  }
+
+  /// Validates one step's inputs without running it.
+  void check_step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+                  const VectorCRef<Scalar>& u) const {
+    detail::require_size(q.size(), dk(), "q");
+    detail::require_size(k.size(), dk(), "k");
+    detail::require_size(v.size(), dv(), "v");
+    detail::require_size(u.size(), dk(), "u");
+    detail::require_finite(q, "q");
+    detail::require_finite(k, "k");
+    detail::require_finite(v, "v");
+    detail::require_finite(u, "u");
+  }
+
+  /// The step itself, SPEC section 2 in order. Inputs must already be validated.
+  template <class Out>
+  void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+                      const VectorCRef<Scalar>& u, Out&& o) {
+    // 1–2. û = u/‖u‖/√dk and the Sherman–Morrison update. A zero u leaves A exactly as it is.
+    const Scalar uf = detail::unit_factor<Scalar>(u, inv_sqrt_dk_);
+    if (uf != Scalar(0)) {
+      scratch_a_.noalias() = u * uf;
+      pen_.update(scratch_a_, stab_eps_);
+    }
+    // 3. Refresh on the step count before this step.
+    if (rules::refresh_due(steps_, cfg_.refresh_period)) pen_.refresh(refresh_eps_);
+    // 4–5. k̂, α = A k̂, α̂, then S ← S + (v − S k̂) α̂ᵀ. A zero k̂ (or α) writes nothing.
+    const Scalar kf = detail::unit_factor<Scalar>(k);
+    if (kf != Scalar(0)) {
+      khat_.noalias() = k * kf;
+      pen_.apply(khat_, scratch_a_);
+      const Scalar af = detail::unit_factor<Scalar>(scratch_a_);
+      if (af != Scalar(0)) {
+        scratch_a_ *= af;  // α̂
+        e_ = v;
+        e_.noalias() -= s_ * khat_;
+        s_.noalias() += e_ * scratch_a_.transpose();
+      }
+    }
+    // 6. z and the output.
+    z_ += k;
+    o.noalias() = s_ * q;
+    if (cfg_.normalize_output) o /= rules::output_denominator<Scalar>(z_.dot(q), denom_eps_);
+    // 7.
+    ++steps_;
+  }
+
+ private:
+  static const Config& checked(const Config& cfg, Eigen::Index dk, Eigen::Index dv) {
+    cfg.validate();
+    if (dk <= 0) throw std::invalid_argument("vla::VlaState: dk must be > 0");
+    if (dv <= 0) throw std::invalid_argument("vla::VlaState: dv must be > 0");
+    return cfg;
+  }
+  static PenaltyInverse<Scalar> checked_a(const VlaSnapshot<Scalar>& snap) {
+    PenaltyInverse<Scalar> pen(snap.A);  // checks A: square, finite, symmetric, SPD
+    detail::require_size(snap.S.cols(), snap.A.rows(), "S (columns)");
+    detail::require_size(snap.z.size(), snap.A.rows(), "z");
+    detail::require_finite(snap.S, "S");
+    detail::require_finite(snap.z, "z");
+    if (snap.steps < 0) throw std::invalid_argument("vla::VlaState: steps must be >= 0");
+    return pen;
+  }
+  void init_scalars() {
+    stab_eps_ = Scalar(cfg_.stab_eps);
+    refresh_eps_ = Scalar(cfg_.refresh_eps);
+    denom_eps_ = Scalar(cfg_.denom_eps);
+    inv_sqrt_dk_ = Scalar(1) / std::sqrt(Scalar(dk()));
+    scratch_a_.resize(dk());
+    khat_.resize(dk());
+    e_.resize(dv());
+  }
+
+  Config cfg_;
+  PenaltyInverse<Scalar> pen_;
+  MatrixType s_;
+  VectorType z_;
+  std::int64_t steps_ = 0;
+  // The config's constants in Scalar, rounded once (no double arithmetic inside a float step).
+  Scalar stab_eps_{}, refresh_eps_{}, denom_eps_{}, inv_sqrt_dk_{};
+  // Scratch vectors: the step allocates nothing.
+  VectorType scratch_a_, khat_, e_;
+};
+
+}  // namespace vla

@@ -1,0 +1,12 @@
+// vla/vla.hpp — everything in vla that needs no CUDA.
+#pragma once
+
+#include "vla/backend/backend.hpp"
+#include "vla/backend/cpu.hpp"
+#include "vla/baselines.hpp"
+#include "vla/config.hpp"
+#include "vla/feature_map.hpp"
+#include "vla/jacobian.hpp"
+#include "vla/layout.hpp"
+#include "vla/penalty_inverse.hpp"
+#include "vla/state.hpp"
