@@ -8,6 +8,15 @@ function(vla_target_defaults target)
     endif()
     if(VLA_NATIVE)
       target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+      if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+        # Let GCC use full 512-bit vectors where the CPU has them (it prefers 256 by default).
+        target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-mprefer-vector-width=512>)
+      endif()
+      # GCC 12 reports false "maybe-uninitialized" inside its own AVX-512 intrinsics headers when
+      # Eigen vectorises for AVX-512 (GCC bug 105593); they are not in vla or Eigen code.
+      if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+        target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wno-maybe-uninitialized>)
+      endif()
     endif()
   endif()
   target_link_libraries(${target} PRIVATE vla::vla)

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "vla/config.hpp"
+#include "vla/detail/cpu_kernels.hpp"
 #include "vla/detail/eigen_util.hpp"
 
 namespace vla {
@@ -24,6 +25,7 @@ class LinearAttentionState {
     if (dk <= 0 || dv <= 0) throw std::invalid_argument("vla::LinearAttentionState: dk and dv must be > 0");
     s_ = MatrixType::Zero(dv, dk);
     z_ = VectorType::Zero(dk);
+    sq_.resize(dv);
     denom_eps_ = Scalar(cfg_.denom_eps);
   }
   /// Restores (S, z); validates sizes and finiteness.
@@ -56,16 +58,19 @@ class LinearAttentionState {
   }
   template <class Out>
   void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v, Out&& o) {
-    s_.noalias() += v * k.transpose();
+    // S_new q = S q + v (kᵀq): one read pass and one rank-1 write, as in the VLA step.
+    sq_.noalias() = s_ * q;
+    detail::rank1_update(s_.data(), dv(), dk(), v.data(), k.data());
+    sq_ += v * k.dot(q);
     z_ += k;
-    o.noalias() = s_ * q;
+    o = sq_;
     if (cfg_.normalize_output) o /= rules::output_denominator<Scalar>(z_.dot(q), denom_eps_);
   }
 
  private:
   Config cfg_;
   MatrixType s_;
-  VectorType z_;
+  VectorType z_, sq_;
   Scalar denom_eps_{};
 };
 
@@ -81,6 +86,8 @@ class DeltaNetState {
     if (dk <= 0 || dv <= 0) throw std::invalid_argument("vla::DeltaNetState: dk and dv must be > 0");
     s_ = MatrixType::Zero(dv, dk);
     khat_.resize(dk);
+    sk_.resize(dv);
+    sq_.resize(dv);
     e_.resize(dv);
   }
   /// Restores S; validates finiteness.
@@ -118,19 +125,21 @@ class DeltaNetState {
   void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
                       Scalar beta, Out&& o) {
     const Scalar kf = detail::unit_factor<Scalar>(k);
+    // The same fused delta-rule write as VLA's (detail::delta_write), with write direction k̂.
     if (kf != Scalar(0)) {
       khat_.noalias() = k * kf;
-      e_ = v;
-      e_.noalias() -= s_ * khat_;
-      e_ *= beta;
-      s_.noalias() += e_ * khat_.transpose();
+      detail::dual_matvec(s_.data(), dv(), dk(), khat_.data(), q.data(), sk_.data(), sq_.data());
+      detail::delta_write(s_.data(), dv(), dk(), v.data(), khat_.data(), q.data(), beta, sk_.data(), sq_.data(),
+                          e_.data());
+    } else {
+      sq_.noalias() = s_ * q;
     }
-    o.noalias() = s_ * q;
+    o = sq_;
   }
 
  private:
   MatrixType s_;
-  VectorType khat_, e_;
+  VectorType khat_, sk_, sq_, e_;
 };
 
 }  // namespace vla

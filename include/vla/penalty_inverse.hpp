@@ -9,14 +9,15 @@
 #include <limits>
 #include <stdexcept>
 
+#include "vla/detail/cpu_kernels.hpp"
 #include "vla/detail/eigen_util.hpp"
 
 namespace vla {
 
-/// The inverse penalty A (dk×dk, symmetric positive definite) of SPEC section 2, step 2–3.
+/// The inverse penalty A (dk×dk, symmetric positive definite) of SPEC section 2, steps 2–4.
 ///
-/// Rank-1 updates are applied as A ← A − s sᵀ with s = A d / √δ, so every update is bitwise
-/// symmetric (s_i s_j == s_j s_i); A never drifts from symmetry through rounding.
+/// Rank-1 updates are applied as A ← A − s sᵀ with s = A d / √δ, so element (i, j) and (j, i)
+/// come from the same product s_i·s_j and A stays symmetric through rounding.
 template <class Scalar>
 class PenaltyInverse {
  public:
@@ -30,36 +31,25 @@ class PenaltyInverse {
       throw std::invalid_argument("vla::PenaltyInverse: lambda0 must be finite and > 0");
     a_ = MatrixType::Identity(dk, dk) / lambda0;
     w_.resize(dk);
+    neg_w_.resize(dk);
   }
 
   /// Restores a saved A. Throws unless A is square, finite, symmetric and positive definite.
   explicit PenaltyInverse(MatrixType a) : a_(std::move(a)) {
     check_spd(a_);
     w_.resize(a_.rows());
+    neg_w_.resize(a_.rows());
   }
 
   Eigen::Index dim() const { return a_.rows(); }
   /// The full symmetric A.
-  const MatrixType& matrix() const {
-    if (upper_stale_) {
-      a_.template triangularView<Eigen::StrictlyUpper>() = a_.transpose();
-      upper_stale_ = false;
-    }
-    return a_;
-  }
+  const MatrixType& matrix() const { return a_; }
 
   /// Sherman–Morrison with direction d, used as given (VlaState passes û = u/‖u‖/√dk):
   ///   w = A d;  δ = max(1 + dᵀw, stab_eps);  A ← A − w wᵀ / δ.   Returns δ.
   /// Unchecked: d must have dim() finite entries (VlaState validates before calling).
   Scalar update(const VectorCRef<Scalar>& d, Scalar stab_eps) {
-    w_.noalias() = a_.template selfadjointView<Eigen::Lower>() * d;
-    const Scalar delta = rules::sm_denominator<Scalar>(Scalar(1) + d.dot(w_), stab_eps);
-    w_ *= Scalar(1) / std::sqrt(delta);
-    // A -= s sᵀ on the lower triangle only: half the stores, and A stays exactly symmetric.
-    // Every product reads only the lower triangle; the upper one is mirrored when matrix() asks.
-    a_.template selfadjointView<Eigen::Lower>().rankUpdate(w_, Scalar(-1));
-    upper_stale_ = true;
-    return delta;
+    return update_apply(d.data(), stab_eps, false, Scalar(0), nullptr, nullptr);
   }
 
   /// A ← A + eps·I (SPEC 2.3).
@@ -68,12 +58,47 @@ class PenaltyInverse {
   /// out = A x.
   template <class Out>
   void apply(const VectorCRef<Scalar>& x, Out&& out) const {
-    out.noalias() = a_.template selfadjointView<Eigen::Lower>() * x;
+    out.noalias() = a_ * x;
   }
   VectorType apply(const VectorCRef<Scalar>& x) const {
     VectorType out(dim());
     apply(x, out);
     return out;
+  }
+
+  /// SPEC 2 steps 2–4 fused, on raw pointers of dim() entries (the CPU step's hot path):
+  /// the Sherman–Morrison update with direction d (skipped when d is null), then the refresh
+  /// A ← A + refresh_eps·I when `refresh`, then out = A x (skipped when x is null).
+  /// One read pass computes A d and A x together; out is formed as A_old x − s (sᵀx) + ε x,
+  /// equal to A_new x in exact arithmetic, so the rank-1 write is the only second pass.
+  /// Returns δ (1 when d is null).
+  Scalar update_apply(const Scalar* d, Scalar stab_eps, bool refresh, Scalar refresh_eps, const Scalar* x,
+                      Scalar* out) {
+    const Eigen::Index n = dim();
+    Scalar delta = 1;
+    if (d) {
+      if (x) {
+        detail::dual_matvec(a_.data(), n, n, d, x, w_.data(), out);
+      } else {
+        w_.noalias() = a_ * Eigen::Map<const VectorType>(d, n);
+      }
+      delta = rules::sm_denominator<Scalar>(Scalar(1) + detail::dot(d, w_.data(), n), stab_eps);
+      w_ *= Scalar(1) / std::sqrt(delta);  // s
+      if (x) {
+        const Scalar sx = detail::dot(w_.data(), x, n);
+        for (Eigen::Index i = 0; i < n; ++i) out[i] -= w_[i] * sx;
+      }
+      neg_w_ = -w_;
+      detail::rank1_update(a_.data(), n, n, neg_w_.data(), w_.data());
+    } else if (x) {
+      Eigen::Map<VectorType>(out, n).noalias() = a_ * Eigen::Map<const VectorType>(x, n);
+    }
+    if (refresh) {
+      a_.diagonal().array() += refresh_eps;
+      if (x)
+        for (Eigen::Index i = 0; i < n; ++i) out[i] += refresh_eps * x[i];
+    }
+    return delta;
   }
 
   /// cond₂(A) = λmax/λmin, estimated cheaply (SPEC 6): power iteration for λmax(A), inverse power
@@ -82,7 +107,7 @@ class PenaltyInverse {
   /// A is no longer numerically positive definite — the event the diagnostic exists to catch.
   Scalar condition_estimate(int iterations = 20) const {
     const Eigen::Index n = dim();
-    const MatrixType& a = matrix();
+    const MatrixType& a = a_;
     Eigen::LLT<MatrixType> llt(a);
     if (llt.info() != Eigen::Success) return std::numeric_limits<Scalar>::infinity();
     // Start from a fixed, non-degenerate vector: deterministic and not orthogonal to any eigvector
@@ -103,7 +128,7 @@ class PenaltyInverse {
 
   /// Exact cond₂(A) from a symmetric eigen-solve, O(dk³): the ground truth for the estimate.
   Scalar condition_exact() const {
-    Eigen::SelfAdjointEigenSolver<MatrixType> es(matrix(), Eigen::EigenvaluesOnly);
+    Eigen::SelfAdjointEigenSolver<MatrixType> es(a_, Eigen::EigenvaluesOnly);
     const Scalar lo = es.eigenvalues().minCoeff(), hi = es.eigenvalues().maxCoeff();
     return lo > 0 ? hi / lo : std::numeric_limits<Scalar>::infinity();
   }
@@ -124,9 +149,8 @@ class PenaltyInverse {
   }
 
  private:
-  mutable MatrixType a_;         // lower triangle authoritative; upper mirrored on demand
-  mutable bool upper_stale_ = false;
-  VectorType w_;  // scratch: keeps update() free of allocations
+  MatrixType a_;
+  VectorType w_, neg_w_;  // scratch: keeps the update free of allocations
 };
 
 }  // namespace vla

@@ -92,33 +92,36 @@ class VlaState {
   }
 
   /// The step itself, SPEC section 2 in order. Inputs must already be validated.
+  ///
+  /// Fused form (identical in exact arithmetic): A û and A k̂ come from one pass over A, and
+  /// α = A_old k̂ − s(sᵀk̂) + ε_refresh·k̂; S k̂ and S q from one pass over S, and
+  /// o ∝ S_new q = S q + e (α̂ᵀq). Four passes over the state per step instead of six.
   template <class Out>
   void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
                       const VectorCRef<Scalar>& u, Out&& o) {
-    // 1–2. û = u/‖u‖/√dk and the Sherman–Morrison update. A zero u leaves A exactly as it is.
+    const Eigen::Index n = dk(), m = dv();
+    // 1. û = u/‖u‖/√dk and k̂ = k/‖k‖; a zero vector is marked by a zero factor (SPEC 2).
     const Scalar uf = detail::unit_factor<Scalar>(u, inv_sqrt_dk_);
-    if (uf != Scalar(0)) {
-      scratch_a_.noalias() = u * uf;
-      pen_.update(scratch_a_, stab_eps_);
-    }
-    // 3. Refresh on the step count before this step.
-    if (rules::refresh_due(steps_, cfg_.refresh_period)) pen_.refresh(refresh_eps_);
-    // 4–5. k̂, α = A k̂, α̂, then S ← S + (v − S k̂) α̂ᵀ. A zero k̂ (or α) writes nothing.
     const Scalar kf = detail::unit_factor<Scalar>(k);
-    if (kf != Scalar(0)) {
-      khat_.noalias() = k * kf;
-      pen_.apply(khat_, scratch_a_);
-      const Scalar af = detail::unit_factor<Scalar>(scratch_a_);
-      if (af != Scalar(0)) {
-        scratch_a_ *= af;  // α̂
-        e_ = v;
-        e_.noalias() -= s_ * khat_;
-        s_.noalias() += e_ * scratch_a_.transpose();
-      }
+    if (uf != Scalar(0)) uhat_.noalias() = u * uf;
+    if (kf != Scalar(0)) khat_.noalias() = k * kf;
+    // 2–4. Sherman–Morrison (a zero û leaves A as it is), refresh, α = A k̂ (none for a zero k̂).
+    pen_.update_apply(uf != Scalar(0) ? uhat_.data() : nullptr, stab_eps_,
+                      rules::refresh_due(steps_, cfg_.refresh_period), refresh_eps_,
+                      kf != Scalar(0) ? khat_.data() : nullptr, alpha_.data());
+    // 5. α̂, then e = v − S k̂ and S ← S + e α̂ᵀ. A zero k̂ or α writes nothing.
+    const Scalar af = kf != Scalar(0) ? detail::unit_factor<Scalar>(alpha_) : Scalar(0);
+    if (af != Scalar(0)) {
+      alpha_ *= af;
+      detail::dual_matvec(s_.data(), m, n, khat_.data(), q.data(), sk_.data(), sq_.data());
+      detail::delta_write(s_.data(), m, n, v.data(), alpha_.data(), q.data(), Scalar(1), sk_.data(), sq_.data(),
+                          e_.data());
+    } else {
+      sq_.noalias() = s_ * q;
     }
     // 6. z and the output.
     z_ += k;
-    o.noalias() = s_ * q;
+    o = sq_;
     if (cfg_.normalize_output) o /= rules::output_denominator<Scalar>(z_.dot(q), denom_eps_);
     // 7.
     ++steps_;
@@ -145,8 +148,11 @@ class VlaState {
     refresh_eps_ = Scalar(cfg_.refresh_eps);
     denom_eps_ = Scalar(cfg_.denom_eps);
     inv_sqrt_dk_ = Scalar(1) / std::sqrt(Scalar(dk()));
-    scratch_a_.resize(dk());
+    uhat_.resize(dk());
     khat_.resize(dk());
+    alpha_.resize(dk());
+    sk_.resize(dv());
+    sq_.resize(dv());
     e_.resize(dv());
   }
 
@@ -158,7 +164,7 @@ class VlaState {
   // The config's constants in Scalar, rounded once (no double arithmetic inside a float step).
   Scalar stab_eps_{}, refresh_eps_{}, denom_eps_{}, inv_sqrt_dk_{};
   // Scratch vectors: the step allocates nothing.
-  VectorType scratch_a_, khat_, e_;
+  VectorType uhat_, khat_, alpha_, sk_, sq_, e_;
 };
 
 }  // namespace vla

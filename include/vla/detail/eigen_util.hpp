@@ -3,6 +3,8 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -21,8 +23,14 @@ using VectorCRef = Eigen::Ref<const Vector<Scalar>>;
 namespace detail {
 
 /// The factor f with x̂ = f·x (rules::normalize_factor), 0 when x counts as zero.
+/// Fast path: one pass for ‖x‖² when it is comfortably inside the normal range (no square can
+/// have overflowed, and underflowed squares are below rounding of the sum); otherwise the
+/// two-reduction scaled form of rules::normalize_factor, which is safe for every finite x.
 template <class Scalar, class Derived>
 Scalar unit_factor(const Eigen::MatrixBase<Derived>& x, Scalar extra = Scalar(1)) {
+  using L = std::numeric_limits<Scalar>;
+  const Scalar ss = x.squaredNorm();
+  if (ss > L::min() / L::epsilon() && ss < L::max() / Scalar(4)) return extra / std::sqrt(ss);
   const Scalar inv_max = rules::inverse_max<Scalar>(x.cwiseAbs().maxCoeff());
   if (inv_max == Scalar(0)) return Scalar(0);
   return rules::normalize_factor<Scalar>(inv_max, (x * inv_max).squaredNorm(), extra);
