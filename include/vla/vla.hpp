@@ -5,6 +5,7 @@
 #include "vla/backend/cpu.hpp"
 #include "vla/baselines.hpp"
 #include "vla/config.hpp"
+#include "vla/diagnostics.hpp"
 #include "vla/feature_map.hpp"
 #include "vla/jacobian.hpp"
 #include "vla/layout.hpp"
