@@ -34,9 +34,11 @@ class PenaltyInverse {
     neg_w_.resize(dk);
   }
 
-  /// Restores a saved A. Throws unless A is square, finite, symmetric and positive definite.
-  explicit PenaltyInverse(MatrixType a) : a_(std::move(a)) {
-    check_spd(a_);
+  /// Restores a saved A. Throws unless A is square, finite, symmetric, with a positive diagonal,
+  /// and (when check_positive_definite, the default) positive definite by a Cholesky
+  /// factorisation — O(dk³), which a decode loop restoring states vla itself wrote may skip.
+  explicit PenaltyInverse(MatrixType a, bool check_positive_definite = true) : a_(std::move(a)) {
+    check_spd(a_, check_positive_definite);
     w_.resize(a_.rows());
     neg_w_.resize(a_.rows());
   }
@@ -134,8 +136,9 @@ class PenaltyInverse {
   }
 
   /// Throws std::invalid_argument unless `a` is a valid A: square, finite, symmetric (to a few
-  /// ulps of its scale) and positive definite.
-  static void check_spd(const MatrixType& a) {
+  /// ulps of its scale), with a positive diagonal, and positive definite (the O(dk³) part, skipped
+  /// when !positive_definite).
+  static void check_spd(const MatrixType& a, bool positive_definite = true) {
     if (a.rows() == 0 || a.rows() != a.cols())
       throw std::invalid_argument("vla::PenaltyInverse: A must be square and non-empty");
     detail::require_finite(a, "A");
@@ -143,6 +146,9 @@ class PenaltyInverse {
     const Scalar tol = Scalar(64) * std::numeric_limits<Scalar>::epsilon() * scale;
     if (((a - a.transpose()).cwiseAbs().array() > tol).any())
       throw std::invalid_argument("vla::PenaltyInverse: A must be symmetric");
+    if (!(a.diagonal().array() > Scalar(0)).all())
+      throw std::invalid_argument("vla::PenaltyInverse: A must be positive definite (a diagonal entry is <= 0)");
+    if (!positive_definite) return;
     Eigen::LLT<MatrixType> llt(a);
     if (llt.info() != Eigen::Success)
       throw std::invalid_argument("vla::PenaltyInverse: A must be positive definite");

@@ -38,9 +38,10 @@ class VlaState {
     init_scalars();
   }
 
-  /// A state restored from a snapshot (e.g. another stream's final state). Validates it.
-  VlaState(const VlaSnapshot<Scalar>& snap, const Config& cfg)
-      : cfg_(checked(cfg, snap.A.rows(), snap.S.rows())), pen_(checked_a(snap)), s_(snap.S), z_(snap.z),
+  /// A state restored from a snapshot (e.g. another stream's final state). Validates it; the
+  /// O(dk³) positive-definiteness check of A can be skipped (see PenaltyInverse).
+  VlaState(const VlaSnapshot<Scalar>& snap, const Config& cfg, bool check_positive_definite = true)
+      : cfg_(checked(cfg, snap.A.rows(), snap.S.rows())), pen_(checked_a(snap, check_positive_definite)), s_(snap.S), z_(snap.z),
         steps_(snap.steps) {
     init_scalars();
   }
@@ -134,8 +135,8 @@ class VlaState {
     if (dv <= 0) throw std::invalid_argument("vla::VlaState: dv must be > 0");
     return cfg;
   }
-  static PenaltyInverse<Scalar> checked_a(const VlaSnapshot<Scalar>& snap) {
-    PenaltyInverse<Scalar> pen(snap.A);  // checks A: square, finite, symmetric, SPD
+  static PenaltyInverse<Scalar> checked_a(const VlaSnapshot<Scalar>& snap, bool check_positive_definite) {
+    PenaltyInverse<Scalar> pen(snap.A, check_positive_definite);  // checks A: square, finite, symmetric, SPD
     detail::require_size(snap.S.cols(), snap.A.rows(), "S (columns)");
     detail::require_size(snap.z.size(), snap.A.rows(), "z");
     detail::require_finite(snap.S, "S");

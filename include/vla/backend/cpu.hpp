@@ -25,6 +25,10 @@ namespace vla {
 /// Execution options of the CPU backend.
 struct CpuOptions {
   int threads = 1;  ///< worker threads over (sequence, head) pairs; 0 = all hardware threads
+  /// Verify that every initial A is positive definite (a Cholesky factorisation per head, O(dk³)).
+  /// Finiteness, symmetry and a positive diagonal are always checked. A decode loop feeding back
+  /// states that vla itself produced may turn this off: the factorisation costs more than a step.
+  bool check_positive_definite = true;
 };
 
 namespace detail {
@@ -51,13 +55,13 @@ struct CpuOp;
 template <class Scalar>
 struct CpuOp<op::Vla, Scalar> {
   using State = VlaState<Scalar>;
-  static State make(const ForwardArgs<Scalar>& a, const Config& cfg, std::int64_t p) {
+  static State make(const ForwardArgs<Scalar>& a, const Config& cfg, const CpuOptions& opt, std::int64_t p) {
     const auto& s = a.initial_state;
     if (!s.S) return State(a.dk, a.dv, cfg);
     VlaSnapshot<Scalar> snap{CRowMat<Scalar>(s.A + p * a.dk * a.dk, a.dk, a.dk),
                              CRowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk), CMap<Scalar>(s.z + p * a.dk, a.dk),
                              s.steps[p]};
-    return State(snap, cfg);
+    return State(snap, cfg, opt.check_positive_definite);
   }
   static void store(const State& st, const ForwardArgs<Scalar>& a, std::int64_t p) {
     const auto& s = a.final_state;
@@ -77,7 +81,7 @@ struct CpuOp<op::Vla, Scalar> {
 template <class Scalar>
 struct CpuOp<op::LinearAttention, Scalar> {
   using State = LinearAttentionState<Scalar>;
-  static State make(const ForwardArgs<Scalar>& a, const Config& cfg, std::int64_t p) {
+  static State make(const ForwardArgs<Scalar>& a, const Config& cfg, const CpuOptions&, std::int64_t p) {
     const auto& s = a.initial_state;
     if (!s.S) return State(a.dk, a.dv, cfg);
     return State(CRowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk), CMap<Scalar>(s.z + p * a.dk, a.dk), cfg);
@@ -96,7 +100,7 @@ struct CpuOp<op::LinearAttention, Scalar> {
 template <class Scalar>
 struct CpuOp<op::DeltaNet, Scalar> {
   using State = DeltaNetState<Scalar>;
-  static State make(const ForwardArgs<Scalar>& a, const Config&, std::int64_t p) {
+  static State make(const ForwardArgs<Scalar>& a, const Config&, const CpuOptions&, std::int64_t p) {
     const auto& s = a.initial_state;
     if (!s.S) return State(a.dk, a.dv);
     return State(Matrix<Scalar>(CRowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk)));
@@ -189,7 +193,7 @@ struct BackendTraits<backend::Cpu> {
     const std::int64_t pairs = a.batch * a.heads;
     std::vector<typename Ops::State> states;
     states.reserve(static_cast<std::size_t>(pairs));
-    for (std::int64_t p = 0; p < pairs; ++p) states.push_back(Ops::make(a, cfg, p));
+    for (std::int64_t p = 0; p < pairs; ++p) states.push_back(Ops::make(a, cfg, opt, p));
 
     detail::parallel_for(pairs, opt.threads, [&](std::int64_t p) {
       const std::int64_t n = p / a.heads, h = p % a.heads;
