@@ -1,0 +1,152 @@
+// tests/support.hpp — what the test files share: random streams, tolerances, comparisons.
+#pragma once
+
+#include <catch2/catch.hpp>
+#include <vla/vla.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace vt {
+
+// ---- Tolerances against the float64 reference, stated once per scalar type.
+// Measured on benign random streams (tests/test_reference.cpp prints them): double stays below
+// ~1e-14 relative RMS and float below ~3e-6 for T ≤ 400 and dk ≤ 64; the bounds keep a margin
+// of 100× (double) and 30× (float) over that.
+template <class Scalar>
+struct Tol;
+template <>
+struct Tol<double> {
+  static constexpr double ref = 1e-12;
+  static constexpr const char* name = "double";
+};
+template <>
+struct Tol<float> {
+  static constexpr double ref = 1e-4;
+  static constexpr const char* name = "float";
+};
+
+/// A stream of T steps of inputs, generated in double; row t of q is q[t*dk .. t*dk+dk).
+struct Stream {
+  int dk = 0, dv = 0, T = 0;
+  std::vector<double> q, k, v, u, beta;
+  const double* qt(int t) const { return q.data() + std::size_t(t) * dk; }
+  const double* kt(int t) const { return k.data() + std::size_t(t) * dk; }
+  const double* vt(int t) const { return v.data() + std::size_t(t) * dv; }
+  const double* ut(int t) const { return u.data() + std::size_t(t) * dk; }
+};
+
+inline double elu1(double x) { return x > 0 ? x + 1 : std::exp(x); }
+
+/// Fresh random inputs: q, k = ELU(x)+1 of standard normals (the paper's feature map), v, u
+/// standard normal, beta uniform in (0, 1]. Never zero.
+inline Stream random_stream(int dk, int dv, int T, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> n01(0.0, 1.0);
+  std::uniform_real_distribution<double> u01(0.0, 1.0);
+  Stream s;
+  s.dk = dk, s.dv = dv, s.T = T;
+  s.q.resize(std::size_t(T) * dk), s.k.resize(std::size_t(T) * dk), s.u.resize(std::size_t(T) * dk);
+  s.v.resize(std::size_t(T) * dv), s.beta.resize(T);
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < dk; ++i) s.q[std::size_t(t) * dk + i] = elu1(n01(rng));
+    for (int i = 0; i < dk; ++i) s.k[std::size_t(t) * dk + i] = elu1(n01(rng));
+    for (int i = 0; i < dk; ++i) s.u[std::size_t(t) * dk + i] = n01(rng);
+    for (int i = 0; i < dv; ++i) s.v[std::size_t(t) * dv + i] = n01(rng);
+    s.beta[t] = 1.0 - u01(rng);  // (0, 1]
+  }
+  return s;
+}
+
+/// Rounds every input to Scalar (and back), so the reference sees exactly what the library sees.
+template <class Scalar>
+Stream rounded(Stream s) {
+  for (auto* vec : {&s.q, &s.k, &s.v, &s.u, &s.beta})
+    for (double& x : *vec) x = double(Scalar(x));
+  return s;
+}
+
+template <class Scalar>
+std::vector<Scalar> cast(const std::vector<double>& x) {
+  return std::vector<Scalar>(x.begin(), x.end());
+}
+
+template <class Scalar>
+using CMap = Eigen::Map<const vla::Vector<Scalar>>;
+
+/// ‖a − b‖ / ‖b‖ over all entries.
+inline double rel_rms(const std::vector<double>& a, const std::vector<double>& b) {
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+template <class Derived>
+std::vector<double> to_vec(const Eigen::MatrixBase<Derived>& m) {  // row-major, as the reference
+  std::vector<double> out;
+  out.reserve(std::size_t(m.size()));
+  for (Eigen::Index i = 0; i < m.rows(); ++i)
+    for (Eigen::Index j = 0; j < m.cols(); ++j) out.push_back(double(m(i, j)));
+  return out;
+}
+
+template <class Derived>
+bool all_finite(const Eigen::MatrixBase<Derived>& m) {
+  return m.allFinite();
+}
+
+/// Bit-for-bit equality of two dense Eigen objects (same shape, same bytes).
+template <class A, class B>
+bool bitwise_equal(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+  using S = typename A::Scalar;
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  if (a.size() == 0) return true;
+  const vla::Matrix<S> x = a, y = b;
+  return std::memcmp(x.data(), y.data(), sizeof(S) * std::size_t(x.size())) == 0;
+}
+template <class T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), sizeof(T) * a.size()) == 0);
+}
+
+template <class Scalar>
+bool same_snapshot(const vla::VlaSnapshot<Scalar>& a, const vla::VlaSnapshot<Scalar>& b) {
+  return bitwise_equal(a.A, b.A) && bitwise_equal(a.S, b.S) && bitwise_equal(a.z, b.z) && a.steps == b.steps;
+}
+
+inline ref::Params params(const vla::Config& c) {
+  ref::Params p;
+  p.lambda0 = c.lambda0, p.stab_eps = c.stab_eps, p.refresh_period = c.refresh_period;
+  p.refresh_eps = c.refresh_eps, p.denom_eps = c.denom_eps, p.normalize = c.normalize_output;
+  return p;
+}
+
+/// Runs steps [t0, t1) of a stream through the reference; appends the outputs.
+inline void run_ref(ref::Vla& r, const Stream& s, int t0, int t1, std::vector<double>& out) {
+  std::vector<double> o(s.dv);
+  for (int t = t0; t < t1; ++t) {
+    r.step(s.qt(t), s.kt(t), s.vt(t), s.ut(t), o.data());
+    out.insert(out.end(), o.begin(), o.end());
+  }
+}
+
+/// Runs steps [t0, t1) of a stream through a VlaState; appends the outputs.
+template <class Scalar>
+void run_vla(vla::VlaState<Scalar>& st, const Stream& s, int t0, int t1, std::vector<double>& out) {
+  const auto q = cast<Scalar>(s.q), k = cast<Scalar>(s.k), v = cast<Scalar>(s.v), u = cast<Scalar>(s.u);
+  const std::size_t dk = std::size_t(s.dk), dv = std::size_t(s.dv);
+  for (int t = t0; t < t1; ++t) {
+    const vla::Vector<Scalar> o = st.step(CMap<Scalar>(q.data() + t * dk, s.dk), CMap<Scalar>(k.data() + t * dk, s.dk),
+                                          CMap<Scalar>(v.data() + t * dv, s.dv), CMap<Scalar>(u.data() + t * dk, s.dk));
+    for (Eigen::Index i = 0; i < o.size(); ++i) out.push_back(double(o[i]));
+  }
+}
+
+}  // namespace vt
