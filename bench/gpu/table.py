@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""The short table run_gpu.sh prints last: ours beside the peers, from the CSVs of one run."""
+import sys
+
+
+def read(paths):
+    rows = []
+    for p in paths:
+        try:
+            with open(p) as f:
+                rows += [line.strip().split(",") for line in f if line.strip()]
+        except OSError:
+            pass
+    return rows
+
+
+def main(paths):
+    rows = read(paths)
+    fwd = {}
+    for r in rows:
+        if r[0] == "forward":
+            fwd[(r[1], int(r[2]), int(r[3]), int(r[4]))] = float(r[7])
+    cols = [("ours_vla", "VLA"), ("ours_linear_attention", "LinAttn"), ("ours_deltanet", "DeltaNet"),
+            ("fla_fused_recurrent_delta_rule", "FLA fused_rec DN"), ("fla_chunk_delta_rule", "FLA chunk DN"),
+            ("sdpa_causal_bf16", "SDPA causal")]
+    shapes = sorted({k[1:] for k in fwd}, key=lambda s: (-s[0] * s[1], s[2]))
+    print("\n## Forward, bf16 tokens, d = 64: median ms (M tokens/s); ratios are time(peer)/time(ours), > 1 = ours faster")
+    print("| B | H | T | " + " | ".join(c[1] for c in cols) + " | VLA vs FLA fused | DeltaNet vs FLA fused | VLA vs SDPA | VLA µs/step |")
+    print("|" + "---|" * (3 + len(cols) + 4))
+    for B, H, T in shapes:
+        cells = []
+        for key, _ in cols:
+            ms = fwd.get((key, B, H, T))
+            cells.append("-" if ms is None else f"{ms:.3f} ({B * T / ms / 1e3:.2f})")
+
+        def ratio(peer, ours):
+            a, b = fwd.get((peer, B, H, T)), fwd.get((ours, B, H, T))
+            return "-" if a is None or b is None else f"{a / b:.2f}×"
+
+        vla = fwd.get(("ours_vla", B, H, T))
+        step = "-" if vla is None else f"{vla * 1e3 / T:.3f}"
+        print(f"| {B} | {H} | {T} | " + " | ".join(cells) + f" | {ratio('fla_fused_recurrent_delta_rule', 'ours_vla')} | "
+              f"{ratio('fla_fused_recurrent_delta_rule', 'ours_deltanet')} | {ratio('sdpa_causal_bf16', 'ours_vla')} | {step} |")
+    dec = [r for r in rows if r[0] == "decode"]
+    copy = [r for r in rows if r[0] == "copy"]
+    if dec:
+        cp = float(copy[0][9]) if copy else float("nan")
+        print(f"\n## Decode step, d = 64, states in HBM; device-to-device copy measured in the same run: {cp:.0f} GB/s")
+        print("| op | B·H | µs/step | G head-steps/s | GB/s (A,S read+write) | fraction of copy |")
+        print("|---|---|---|---|---|---|")
+        for r in dec:
+            heads = int(r[2]) * int(r[3])
+            ms, hs, gbps, frac = float(r[7]), float(r[8]), float(r[9]), float(r[10])
+            print(f"| {r[1].replace('ours_', '')} | {heads} | {ms * 1e3:.2f} | {hs / 1e9:.3f} | {gbps:.0f} | {100 * frac:.1f} % |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

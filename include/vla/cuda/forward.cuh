@@ -1,0 +1,223 @@
+// vla/cuda/forward.cuh — the batched forward on the GPU: host-side checks, then one fused launch.
+//
+//   vla::cuda::Status st = vla::cuda::forward<vla::op::Vla>(args, cfg, stream);
+//   // or, through the backend trait:  vla::forward<vla::backend::Cuda>(args, cfg, stream)
+//
+// args holds device pointers in the layouts of vla/layout.hpp ([B, T, H, D] or packed varlen with
+// device cu_seqlens); token type In ∈ {float, __half, __nv_bfloat16}; state and arithmetic float.
+// Everything that can be checked on the host is checked before the launch and returned as an
+// error Status; the launch itself is asynchronous on `stream`.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "vla/backend/backend.hpp"
+#include "vla/config.hpp"
+#include "vla/layout.hpp"
+#include "vla/cuda/detail/dispatch.cuh"
+#include "vla/cuda/detail/recurrent_kernel.cuh"
+#include "vla/cuda/status.cuh"
+
+namespace vla {
+namespace cuda {
+
+/// Options of a CUDA forward. The defaults need nothing.
+struct Options {
+  /// A host copy of args.cu_seqlens (N+1 entries). When given, cu_seqlens is checked on the host
+  /// without touching the stream; when not, the device array is copied back and the call waits
+  /// for `stream` once (see docs/cuda.md).
+  const std::int64_t* host_cu_seqlens = nullptr;
+  /// Scan q, k, v, u for non-finite entries and β for values outside (0, 1] before the launch (one
+  /// extra read of the inputs and one wait for `stream`). Off by default: the kernel itself never
+  /// traps, and non-finite inputs give non-finite outputs.
+  bool check_inputs = false;
+  /// Tokens staged per shared-memory chunk; 0 picks the default (64 for head dims ≤ 64, else 32).
+  int chunk = 0;
+};
+
+namespace detail {
+
+template <class T>
+bool aligned16(const T* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
+}
+
+template <class In>
+__global__ void check_inputs_kernel(const In* x, std::int64_t n, unsigned* flags, unsigned bit, int is_beta) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const float f = to_float(x[i]);
+    const bool bad = is_beta ? !(f > 0.f && f <= 1.f) : !(f - f == 0.f);
+    if (bad) {
+      atomicOr(flags, bit);
+      return;
+    }
+  }
+}
+
+template <class In>
+Status scan_inputs(const In* const* bufs, const std::int64_t* counts, const char* const* names, int nbufs,
+                   int beta_index, cudaStream_t stream) {
+  unsigned* dflag = nullptr;
+  cudaError_t e = cudaMallocAsync(&dflag, sizeof(unsigned), stream);
+  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: input check (allocation)");
+  e = cudaMemsetAsync(dflag, 0, sizeof(unsigned), stream);
+  for (int i = 0; i < nbufs && e == cudaSuccess; ++i) {
+    if (!bufs[i] || counts[i] == 0) continue;
+    const int grid = static_cast<int>(std::min<std::int64_t>((counts[i] + 255) / 256, 4096));
+    check_inputs_kernel<In><<<grid, 256, 0, stream>>>(bufs[i], counts[i], dflag, 1u << i, i == beta_index);
+    e = cudaGetLastError();
+  }
+  unsigned hflag = 0;
+  if (e == cudaSuccess) e = cudaMemcpyAsync(&hflag, dflag, sizeof(unsigned), cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  cudaFreeAsync(dflag, stream);
+  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: input check");
+  for (int i = 0; i < nbufs; ++i)
+    if (hflag & (1u << i))
+      return Status::invalid(std::string("vla::forward: ") + names[i] +
+                             (i == beta_index ? " has an entry outside (0, 1]" : " has a non-finite entry"));
+  return {};
+}
+
+/// Default tokens per chunk for head dims (dk, dv).
+inline int default_chunk(std::int64_t dk, std::int64_t dv) { return std::max(dk, dv) <= 64 ? 64 : 32; }
+
+/// Launches the fused kernel for op Op on (DK, DV). p.chunk must be set; it is lowered while the
+/// shared memory it needs exceeds the device's opt-in limit.
+template <class Op, class In, int DK, int DV>
+Status launch_recurrent(RecurrentParams<In> p, std::int64_t blocks, cudaStream_t stream) {
+  using G = Geometry<DK, DV>;
+  using Lay = SmemLayout<Op, In, DK, DV>;
+  if (blocks == 0) return {};
+  if (blocks > 0x7fffffffLL) return Status::invalid("vla::cuda: batch × heads exceeds the grid limit (2^31 − 1)");
+  int device = 0, optin = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: querying the device");
+  while (p.chunk > 1 && Lay(p.chunk).bytes() > static_cast<std::size_t>(optin)) p.chunk /= 2;
+  const std::size_t smem = Lay(p.chunk).bytes();
+  if (smem > static_cast<std::size_t>(optin))
+    return Status::invalid("vla::cuda: the kernel needs more shared memory than this device offers");
+  auto kernel = &recurrent_kernel<Op, In, DK, DV>;
+  if (smem > 48 * 1024) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: cudaFuncSetAttribute");
+  }
+  kernel<<<static_cast<unsigned>(blocks), G::NT, smem, stream>>>(p);
+  return Status::from_cuda(cudaGetLastError(), "vla::cuda: kernel launch");
+}
+
+/// Config constants, rounded to float once (as the CPU float backend does).
+template <class In>
+void set_constants(RecurrentParams<In>& p, const Config& cfg, std::int64_t dk) {
+  const float lambda0 = static_cast<float>(cfg.lambda0);
+  p.inv_lambda0 = 1.f / lambda0;
+  p.stab_eps = static_cast<float>(cfg.stab_eps);
+  p.refresh_eps = static_cast<float>(cfg.refresh_eps);
+  p.denom_eps = static_cast<float>(cfg.denom_eps);
+  p.inv_sqrt_dk = 1.f / std::sqrt(static_cast<float>(dk));
+  p.refresh_period = cfg.refresh_period;
+  p.normalize = cfg.normalize_output ? 1 : 0;
+}
+
+inline std::int64_t pow2_at_least(std::int64_t x) {
+  std::int64_t c = 1;
+  while (c < x) c *= 2;
+  return c;
+}
+
+}  // namespace detail
+
+/// The batched forward of op `Op` (op::Vla, op::LinearAttention, op::DeltaNet) on the GPU.
+/// Checks (on the host, before any launch): the config, extents and required pointers
+/// (vla::detail::check_args), head dims ∈ {32, 64, 128}, 16-byte alignment of the token and state
+/// buffers, cu_seqlens (see Options). The initial and final state may be the same buffers.
+template <class Op, class In>
+Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t stream, const Options& opt = {}) {
+  static_assert(detail::IsTokenType<In>::value, "vla::cuda: token type must be float, __half or __nv_bfloat16");
+  try {
+    cfg.validate();
+    vla::detail::check_args<Op>(a);
+  } catch (const std::exception& ex) {
+    return Status::invalid(ex.what());
+  }
+  if (!detail::supported_head_dim(a.dk) || !detail::supported_head_dim(a.dv))
+    return detail::dispatch_head_dims(a.dk, a.dv, [](auto, auto) { return Status{}; });
+  if (opt.chunk < 0) return Status::invalid("vla::cuda::Options::chunk must be >= 0");
+  const bool aligned = detail::aligned16(a.q) && detail::aligned16(a.k) && detail::aligned16(a.v) &&
+                       detail::aligned16(a.o) && (!Op::uses_u || detail::aligned16(a.u)) &&
+                       detail::aligned16(a.initial_state.A) && detail::aligned16(a.initial_state.S) &&
+                       detail::aligned16(a.final_state.A) && detail::aligned16(a.final_state.S);
+  if (!aligned)
+    return Status::invalid(std::string(Op::name) + ": q, k, v, u, o and the state buffers A, S must be 16-byte aligned");
+
+  // Token count and the longest sequence: from cu_seqlens (checked on the host) or B·T.
+  std::int64_t tokens = a.batch * a.seq_len, longest = a.seq_len;
+  if (a.varlen()) {
+    std::vector<std::int64_t> copy;
+    const std::int64_t* cu = opt.host_cu_seqlens;
+    if (!cu) {
+      copy.resize(static_cast<std::size_t>(a.batch + 1));
+      cudaError_t e = cudaMemcpyAsync(copy.data(), a.cu_seqlens, copy.size() * sizeof(std::int64_t),
+                                      cudaMemcpyDeviceToHost, stream);
+      if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+      if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: reading cu_seqlens back");
+      cu = copy.data();
+    }
+    try {
+      tokens = vla::detail::check_cu_seqlens(cu, a.batch);
+    } catch (const std::exception& ex) {
+      return Status::invalid(ex.what());
+    }
+    longest = 0;
+    for (std::int64_t i = 0; i < a.batch; ++i) longest = std::max(longest, cu[i + 1] - cu[i]);
+  }
+  if (a.batch == 0) return {};
+
+  if (opt.check_inputs) {
+    const In* bufs[] = {a.q, a.k, a.v, Op::uses_u ? a.u : nullptr, Op::uses_beta ? a.beta : nullptr};
+    const std::int64_t counts[] = {tokens * a.heads * a.dk, tokens * a.heads * a.dk, tokens * a.heads * a.dv,
+                                   tokens * a.heads * a.dk, tokens * a.heads};
+    const char* names[] = {"q", "k", "v", "u", "beta"};
+    Status st = detail::scan_inputs<In>(bufs, counts, names, 5, 4, stream);
+    if (!st) return st;
+  }
+
+  detail::RecurrentParams<In> p;
+  p.heads = a.heads;
+  p.seq_len = a.varlen() ? 0 : a.seq_len;
+  p.cu_seqlens = a.cu_seqlens;
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.u = a.u;
+  p.beta = a.beta;
+  p.o = a.o;
+  p.A0 = a.initial_state.A;
+  p.S0 = a.initial_state.S;
+  p.z0 = a.initial_state.z;
+  p.steps0 = a.initial_state.steps;
+  p.A1 = a.final_state.A;
+  p.S1 = a.final_state.S;
+  p.z1 = a.final_state.z;
+  p.steps1 = a.final_state.steps;
+  detail::set_constants(p, cfg, a.dk);
+  const int chunk = opt.chunk > 0 ? opt.chunk : detail::default_chunk(a.dk, a.dv);
+  p.chunk = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(chunk, detail::pow2_at_least(longest))));
+  const std::int64_t blocks = a.batch * a.heads;
+  return detail::dispatch_head_dims(a.dk, a.dv, [&](auto dk_c, auto dv_c) {
+    return detail::launch_recurrent<Op, In, decltype(dk_c)::value, decltype(dv_c)::value>(p, blocks, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace vla
