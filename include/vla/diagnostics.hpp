@@ -7,8 +7,7 @@
 // After VlaState::step, A() is exactly the A that produced that step's α, so c_t is that step's
 // alignment and ‖J_t‖₂ = jacobian_norm(c_t) is the norm of that step's J = I − k̂α̂ᵀ (SPEC 5).
 //
-// Results are unchanged: the recorder only reads the state through const accessors (A() mirrors
-// A's upper triangle, which no step reads: every step works on the lower triangle).
+// Results are unchanged: the recorder only reads the state through const accessors.
 // Zero cost when off: a default-constructed Recorder (stride 0) returns from observe() after one
 // integer test and never touches the key; `Monitored` wraps a VlaState and a Recorder for callers
 // who prefer one object. Per layer/head: `DiagnosticsSet` holds one Recorder per (layer, head),
