@@ -2,8 +2,9 @@
 // fresh states for a pool.
 //
 // A decode step is the forward at T = 1 with the initial and final state being the same buffers
-// (SPEC 3: a decode step is the T = 1 case), so it runs the very kernel of the forward. States can
-// live in a pool: state_index[n] names the slot of sequence n; a negative index marks a padding
+// (SPEC 3: a decode step is the T = 1 case); it runs the forward's step code (the same A-scan and
+// S-scan) in a persistent kernel that stages the next pairs' states by cp.async while it steps the
+// current one, since a decode step is bound by moving the state. States can live in a pool: state_index[n] names the slot of sequence n; a negative index marks a padding
 // entry that is skipped (its outputs are not written, no state is touched).
 #pragma once
 
@@ -99,11 +100,11 @@ Status decode_step(const DecodeArgs<In>& d, const Config& cfg, cudaStream_t stre
   p.steps1 = d.state.steps;
   p.state_index = d.state_index;
   p.pool_size = pool;
+  p.pairs = d.batch * d.heads;
   p.chunk = 1;
   detail::set_constants(p, cfg, d.dk);
-  const std::int64_t blocks = d.batch * d.heads;
   return detail::dispatch_head_dims(d.dk, d.dv, [&](auto dk_c, auto dv_c) {
-    return detail::launch_recurrent<Op, In, decltype(dk_c)::value, decltype(dv_c)::value>(p, blocks, stream);
+    return detail::launch_decode<Op, In, decltype(dk_c)::value, decltype(dv_c)::value>(p, stream);
   });
 }
 

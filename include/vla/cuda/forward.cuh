@@ -39,7 +39,7 @@ struct Options {
   /// extra read of the inputs and one wait for `stream`). Off by default: the kernel itself never
   /// traps, and non-finite inputs give non-finite outputs.
   bool check_inputs = false;
-  /// Tokens staged per shared-memory chunk; 0 picks the default (64 for head dims ≤ 64, else 32).
+  /// Tokens staged per shared-memory chunk; 0 picks the default (32 for head dims ≤ 64, else 16).
   int chunk = 0;
 };
 
@@ -89,31 +89,68 @@ Status scan_inputs(const In* const* bufs, const std::int64_t* counts, const char
 }
 
 /// Default tokens per chunk for head dims (dk, dv).
-inline int default_chunk(std::int64_t dk, std::int64_t dv) { return std::max(dk, dv) <= 64 ? 64 : 32; }
+inline int default_chunk(std::int64_t dk, std::int64_t dv) { return std::max(dk, dv) <= 64 ? 32 : 16; }
 
-/// Launches the fused kernel for op Op on (DK, DV). p.chunk must be set; it is lowered while the
-/// shared memory it needs exceeds the device's opt-in limit.
+inline Status device_limits(int& optin_smem, int& sms) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return Status::from_cuda(e, "vla::cuda: querying the device");
+}
+
+template <class Kernel>
+Status allow_smem(Kernel kernel, std::size_t smem) {
+  if (smem <= 48 * 1024) return {};
+  return Status::from_cuda(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+      "vla::cuda: cudaFuncSetAttribute");
+}
+
+/// Launches the forward kernel for op Op on (DK, DV): one CTA per (sequence, head). p.chunk must
+/// be set; it is lowered while the shared memory it needs exceeds the device's opt-in limit.
 template <class Op, class In, int DK, int DV>
 Status launch_recurrent(RecurrentParams<In> p, std::int64_t blocks, cudaStream_t stream) {
-  using G = Geometry<DK, DV>;
+  using G = GeometryOf<Op, DK, DV>;
   using Lay = SmemLayout<Op, In, DK, DV>;
   if (blocks == 0) return {};
   if (blocks > 0x7fffffffLL) return Status::invalid("vla::cuda: batch × heads exceeds the grid limit (2^31 − 1)");
-  int device = 0, optin = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: querying the device");
+  int optin = 0, sms = 0;
+  Status st = device_limits(optin, sms);
+  if (!st) return st;
   while (p.chunk > 1 && Lay(p.chunk).bytes() > static_cast<std::size_t>(optin)) p.chunk /= 2;
   const std::size_t smem = Lay(p.chunk).bytes();
   if (smem > static_cast<std::size_t>(optin))
     return Status::invalid("vla::cuda: the kernel needs more shared memory than this device offers");
   auto kernel = &recurrent_kernel<Op, In, DK, DV>;
-  if (smem > 48 * 1024) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: cudaFuncSetAttribute");
-  }
+  st = allow_smem(kernel, smem);
+  if (!st) return st;
   kernel<<<static_cast<unsigned>(blocks), G::NT, smem, stream>>>(p);
   return Status::from_cuda(cudaGetLastError(), "vla::cuda: kernel launch");
+}
+
+/// Launches the decode kernel: p.pairs (sequence, head) pairs over as many persistent CTAs as fit.
+template <class Op, class In, int DK, int DV>
+Status launch_decode(RecurrentParams<In> p, cudaStream_t stream) {
+  using G = GeometryOf<Op, DK, DV>;
+  using D = DecodeLayout<Op, In, DK, DV>;
+  if (p.pairs == 0) return {};
+  int optin = 0, sms = 0;
+  Status st = device_limits(optin, sms);
+  if (!st) return st;
+  const std::size_t smem = D::bytes();
+  if (smem > static_cast<std::size_t>(optin))
+    return Status::invalid("vla::cuda: the decode kernel needs more shared memory than this device offers");
+  auto kernel = &decode_kernel<Op, In, DK, DV>;
+  st = allow_smem(kernel, smem);
+  if (!st) return st;
+  int per_sm = 0;
+  st = Status::from_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, G::NT, smem),
+                         "vla::cuda: occupancy query");
+  if (!st) return st;
+  const std::int64_t blocks = std::min<std::int64_t>(p.pairs, std::int64_t(std::max(per_sm, 1)) * sms);
+  kernel<<<static_cast<unsigned>(blocks), G::NT, smem, stream>>>(p);
+  return Status::from_cuda(cudaGetLastError(), "vla::cuda: decode kernel launch");
 }
 
 /// Config constants, rounded to float once (as the CPU float backend does).

@@ -62,9 +62,25 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src)
   *static_cast<uint4*>(smem_dst) = *static_cast<const uint4*>(gmem_src);
 #endif
 }
+/// 8-byte variant (cp.async.ca), for the step counter.
+__device__ __forceinline__ void cp_async8(void* smem_dst, const void* gmem_src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+#else
+  *static_cast<uint2*>(smem_dst) = *static_cast<const uint2*>(gmem_src);
+#endif
+}
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+/// Waits until at most N of this thread's cp.async groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 __device__ __forceinline__ void cp_async_wait_all() {

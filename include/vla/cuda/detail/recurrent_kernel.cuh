@@ -1,20 +1,22 @@
-// vla/cuda/detail/recurrent_kernel.cuh — the fused recurrent kernel: one CTA per (sequence, head),
-// the whole SPEC-2 step fused, the state (A, S, z, t) on chip for the whole sequence.
+// vla/cuda/detail/recurrent_kernel.cuh — the fused recurrent kernels: one CTA per (sequence, head)
+// for the forward, a persistent pipelined CTA per SM slot for the decode step; the whole SPEC-2 step
+// fused, the state (A, S, z, t) on chip for the whole sequence.
 //
-// The three recurrences (VLA, linear attention, DeltaNet) are policies of this one template; the
-// derivation and the thread layout are in vla/cuda/README.md. In short:
-//   * A (dk×dk) and S (dv×dk) live in registers. Each warp owns RA rows of A and RS rows of S; the
-//     LA (LS) consecutive lanes of a row each hold CA (CS) of its columns, as float4 groups.
-//   * Tokens are staged through shared memory in chunks of C: cp.async brings chunk c+1 while the
-//     steps of chunk c run; at a chunk boundary the input-only work (û, k̂ and their norms, the
-//     running key sum z and the normaliser max(zᵀq, ε), the refresh flags) is done for all C
-//     tokens at once, in parallel, off the sequential path.
-//   * A VLA step has one __syncthreads: the matvecs that read A (A û, A k̂) and S (S k̂, S q) run
-//     in one pass over the registers; w = A û and y = A k̂ go to shared memory; after the barrier
-//     every row group reduces the few scalars it needs itself (δ, sᵀk̂, ‖α‖, αᵀq), so no second
-//     barrier is needed. With s = w/√δ:  α = A_new k̂ = y − s (sᵀk̂) + r k̂ (r: refresh),
-//     A ← A − s sᵀ (+ r I), S ← S + e α̂ᵀ, o = (S q + e (α̂ᵀq)) / max(zᵀq, ε).
-//   * Linear attention and DeltaNet need no barrier per step at all.
+// The three recurrences (VLA, linear attention, DeltaNet) are policies of these templates; the
+// derivation and the measurements behind the layout are in vla/cuda/README.md. In short:
+//   * Two warp roles. "A warps" run the A-scan of VLA: A (dk×dk) in registers, 8 rows per warp,
+//     4 lanes per row; per token they produce the unit write direction α̂ = A_new k̂ / ‖·‖ and the
+//     scalar α̂ᵀq. "S warps" run the S-scan: S (dv×dk) in registers; per token e = v − S k̂,
+//     S ← S + e α̂ᵀ, o = (S q + e α̂ᵀq) / max(zᵀq, ε). The A-scan never reads S, so the two scans run
+//     concurrently, a chunk apart: the A warps scan chunk c while the S warps scan chunk c−1 and
+//     then prepare chunk c+1. Linear attention and DeltaNet have S warps only.
+//   * An A step has one barrier (among the A warps only): w = A û and y = A k̂ in one pass over the
+//     registers, then every row group reduces δ = max(1 + ûᵀw, ε) and sᵀk̂ itself (s = w/√δ), and
+//     A ← A − s sᵀ (+ r I) with s_i s_j == s_j s_i, so A stays exactly symmetric;
+//     α = A_new k̂ = y − s (sᵀk̂) + r k̂. The norm of α is finished one token later, off the chain.
+//   * An S step has no barrier at all. Tokens are staged through shared memory in chunks: cp.async
+//     brings raw chunk c+2 while chunk c+1 is prepared and chunks c, c−1 are scanned. The
+//     input-only work (k̂, û, the refresh flags, z and max(zᵀq, ε)) is done per chunk, in parallel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -50,57 +52,96 @@ struct RecurrentParams {
   float* S1 = nullptr;
   float* z1 = nullptr;
   std::int64_t* steps1 = nullptr;
-  const std::int32_t* state_index = nullptr;  ///< optional: sequence n uses state slot state_index[n]
+  const std::int32_t* state_index = nullptr;  ///< decode: sequence n uses state slot state_index[n]
   std::int64_t pool_size = 0;                 ///< slots in the pool (state_index only)
+  std::int64_t pairs = 0;                     ///< decode: sequences × heads
   float inv_lambda0 = 10.f, stab_eps = 1e-4f, refresh_eps = 1e-3f, denom_eps = 1e-4f, inv_sqrt_dk = 0.125f;
   int refresh_period = 20;
   int normalize = 1;
-  int chunk = 64;  ///< tokens per shared-memory chunk
+  int chunk = 32;  ///< tokens per shared-memory chunk (forward)
 };
 
-/// The thread layout for head dims (DK, DV). NW warps; every warp owns RA rows of A and RS rows
-/// of S; a row is spread over LA (LS) consecutive lanes, each holding GA (GS) float4 column groups.
-template <int DK, int DV>
+/// The thread layout for head dims (DK, DV) and op. NA A warps own 8 rows of A each (4 lanes per
+/// row, CA columns per lane as GA float4 groups); NS S warps own RS rows of S each (LS lanes per
+/// row, CS columns per lane as GS float4 groups).
+template <int DK, int DV, bool HasA>
 struct Geometry {
-  static constexpr int NW = (DK >= 64 && (DK == 128 || DV == 128)) ? 16 : 8;
-  static constexpr int NT = NW * 32;
-  static constexpr int RA = DK / NW, LA = 32 / RA, CA = DK / LA, GA = CA / 4;
-  static constexpr int RS = DV / NW, LS = 32 / RS, CS = DK / LS, GS = CS / 4;
-  static constexpr bool same_cols = (LA == LS);  // A and S tiles of a thread cover the same columns
-  static_assert(DK % NW == 0 && DV % NW == 0, "vla: head dims must be multiples of the warp count");
-  static_assert(RA >= 1 && RA <= 32 && 32 % RA == 0 && RS >= 1 && RS <= 32 && 32 % RS == 0,
-                "vla: rows per warp must divide 32");
-  static_assert(CA % 4 == 0 && CS % 4 == 0 && GA >= 1 && GS >= 1, "vla: columns per lane must be float4 groups");
+  static constexpr int NA = HasA ? DK / 8 : 0;
+  static constexpr int RA = 8, LA = 4, CA = DK / LA, GA = CA / 4;
+  static constexpr int RS_want = HasA ? (1024 / DK < 32 ? 1024 / DK : 32) : (512 / DK < 32 ? 512 / DK : 32);
+  static constexpr int RS_cap = HasA ? DV : (DV / 4 < 32 ? DV / 4 : 32);
+  static constexpr int RS = RS_want < RS_cap ? RS_want : RS_cap;
+  static constexpr int NS = DV / RS;
+  static constexpr int LS = 32 / RS, CS = DK / LS, GS = CS / 4;
+  static constexpr int NW = NA + NS, NT = 32 * NW;
+  static constexpr int NST = 32 * NS;  // S threads
   static_assert(DK % 32 == 0 && DV % 32 == 0, "vla: head dims must be multiples of 32");
+  static_assert(RS >= 1 && 32 % RS == 0 && DV % RS == 0, "vla: S rows per warp must divide 32 and dv");
+  static_assert(CS % 4 == 0 && GS >= 1 && GA >= 1, "vla: columns per lane must be float4 groups");
+  static_assert(NST >= DK, "vla: the S warps hold z, one column per thread");
+  static_assert(NT <= 1024, "vla: too many threads per CTA");
 };
 
-/// Shared-memory layout for a chunk of C tokens. Offsets in bytes; every region 16-byte aligned.
+template <class Op, int DK, int DV>
+using GeometryOf = Geometry<DK, DV, Op::uses_A>;
+
+/// Shared memory of the forward kernel, for a chunk of C tokens. Offsets in bytes, 16-byte aligned.
+///   raw tokens (In, one buffer):            q[C][DK] k[C][DK] (u[C][DK]) v[C][DV]
+///   prepared (float, two buffers):          q, k̂ (or k), (û), v, then den, beta, kq, refresh flag
+///   α̂ (float, two buffers, VLA):           [C][DK] and α̂ᵀq [C]
+///   outputs (float, two buffers):           [C][DV];  scratch zⱼqⱼ [C][DK];  w/y [2][2][DK] (VLA)
 template <class Op, class In, int DK, int DV>
 struct SmemLayout {
-  static constexpr int NKQ = Op::uses_u ? 3 : 2;  // rows of dk per token staged raw: q, k (, u)
-  static constexpr int DMAX = DK > DV ? DK : DV;
+  static constexpr int NKQ = Op::uses_u ? 3 : 2;
   int C;
   __host__ __device__ explicit SmemLayout(int c) : C(c) {}
-  __host__ __device__ static std::size_t r16(std::size_t b) { return (b + 15) / 16 * 16; }
-  __host__ __device__ int c4() const { return (C + 3) / 4 * 4; }
-  // raw tokens (In): q[C][DK], k[C][DK], (u[C][DK]), v[C][DV]
+  __host__ __device__ static constexpr std::size_t r16(std::size_t b) { return (b + 15) / 16 * 16; }
+  __host__ __device__ std::size_t c4() const { return (std::size_t(C) + 3) / 4 * 4; }
   __host__ __device__ std::size_t raw_bytes() const { return r16(std::size_t(C) * (NKQ * DK + DV) * sizeof(In)); }
-  // prepared tokens (float): q, k̂ (or k), (û), v, then P/O scratch, den, beta, kq, refresh, w/y
-  __host__ __device__ std::size_t off_qf() const { return raw_bytes(); }
-  __host__ __device__ std::size_t off_kh() const { return off_qf() + 4 * std::size_t(C) * DK; }
-  __host__ __device__ std::size_t off_uh() const { return off_kh() + 4 * std::size_t(C) * DK; }
-  __host__ __device__ std::size_t off_vf() const { return off_uh() + (Op::uses_u ? 4 * std::size_t(C) * DK : 0); }
-  __host__ __device__ std::size_t off_po() const { return off_vf() + 4 * std::size_t(C) * DV; }
-  __host__ __device__ std::size_t off_den() const { return off_po() + 4 * std::size_t(C) * DMAX; }
-  __host__ __device__ std::size_t off_beta() const { return off_den() + 4 * std::size_t(c4()); }
-  __host__ __device__ std::size_t off_kq() const { return off_beta() + 4 * std::size_t(c4()); }
-  __host__ __device__ std::size_t off_rf() const { return off_kq() + 4 * std::size_t(c4()); }
-  __host__ __device__ std::size_t off_w() const { return off_rf() + 4 * std::size_t(c4()); }
-  __host__ __device__ std::size_t bytes() const { return off_w() + (Op::uses_A ? 4 * 4 * std::size_t(DK) : 0); }
+  // one prepared buffer, in floats
+  __host__ __device__ std::size_t prep_floats() const { return std::size_t(C) * (NKQ * DK + DV) + 4 * c4(); }
+  __host__ __device__ std::size_t p_qf(int b) const { return b * prep_floats(); }
+  __host__ __device__ std::size_t p_kh(int b) const { return p_qf(b) + std::size_t(C) * DK; }
+  __host__ __device__ std::size_t p_uh(int b) const { return p_kh(b) + std::size_t(C) * DK; }
+  __host__ __device__ std::size_t p_vf(int b) const { return p_kh(b) + std::size_t(C) * DK * (NKQ - 1); }
+  __host__ __device__ std::size_t p_den(int b) const { return p_vf(b) + std::size_t(C) * DV; }
+  __host__ __device__ std::size_t p_beta(int b) const { return p_den(b) + c4(); }
+  __host__ __device__ std::size_t p_kq(int b) const { return p_beta(b) + c4(); }
+  __host__ __device__ std::size_t p_rf(int b) const { return p_kq(b) + c4(); }
+  // further float regions, after the two prepared buffers
+  __host__ __device__ std::size_t f_al(int b) const { return 2 * prep_floats() + b * (std::size_t(C) * DK + c4()); }
+  __host__ __device__ std::size_t f_aq(int b) const { return f_al(b) + std::size_t(C) * DK; }
+  __host__ __device__ std::size_t f_o(int b) const {
+    return 2 * prep_floats() + (Op::uses_A ? 2 * (std::size_t(C) * DK + c4()) : 0) + b * std::size_t(C) * DV;
+  }
+  __host__ __device__ std::size_t f_p() const { return f_o(2); }
+  __host__ __device__ std::size_t f_w() const { return f_p() + std::size_t(C) * DK; }
+  __host__ __device__ std::size_t floats() const { return f_w() + (Op::uses_A ? 4 * DK : 0); }
+  __host__ __device__ std::size_t bytes() const { return raw_bytes() + 4 * floats(); }
 };
 
-/// ŝcale factor f with x̂ = f·x for a vector spread over a warp (N entries per lane), by the
-/// shared rules (vla/detail/rules.hpp): 0 when x counts as zero.
+/// Shared memory of the decode kernel: NSTAGE stages of one (sequence, head)'s state and token
+/// (cp.async targets), then the forward layout for one token.
+template <class Op, class In, int DK, int DV>
+struct DecodeLayout {
+  static constexpr int NKQ = Op::uses_u ? 3 : 2;
+  static constexpr std::size_t state_floats = (Op::uses_A ? DK * DK : 0) + DV * DK + DK + 4;  // A, S, z, steps
+  static constexpr std::size_t stage_bytes =
+      SmemLayout<Op, In, DK, DV>::r16(4 * state_floats + (NKQ * DK + DV) * sizeof(In) + 16);
+  static constexpr int NSTAGE = stage_bytes <= 48 * 1024 ? 2 : 1;
+  __host__ __device__ static std::size_t stage(int s) { return s * stage_bytes; }
+  __host__ __device__ static std::size_t off_A() { return 0; }
+  __host__ __device__ static std::size_t off_S() { return 4 * (Op::uses_A ? DK * DK : 0); }
+  __host__ __device__ static std::size_t off_z() { return off_S() + 4 * DV * DK; }
+  __host__ __device__ static std::size_t off_steps() { return off_z() + 4 * DK; }
+  __host__ __device__ static std::size_t off_tok() { return off_steps() + 16; }
+  __host__ __device__ static std::size_t off_beta() { return off_tok() + (NKQ * DK + DV) * sizeof(In); }
+  __host__ __device__ static std::size_t base() { return NSTAGE * stage_bytes; }
+  __host__ __device__ static std::size_t bytes() { return base() + SmemLayout<Op, In, DK, DV>(1).bytes(); }
+};
+
+/// Scale factor f with x̂ = f·x for a vector spread over a warp (N entries per lane), by the shared
+/// rules (vla/detail/rules.hpp): 0 when x counts as zero.
 template <int N>
 __device__ __forceinline__ float warp_unit_factor(const float (&x)[N], float extra) {
   float m = 0.f;
@@ -132,42 +173,397 @@ __device__ __forceinline__ void store16(In* dst, const float* src) {
   *reinterpret_cast<uint4*>(dst) = pack.u;
 }
 
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  acc = fmaf(a.z, b.z, acc);
+  return fmaf(a.w, b.w, acc);
+}
+
+/// The recurrence of one (sequence, head), shared by the forward and the decode kernel.
 template <class Op, class In, int DK, int DV>
-__global__ void __launch_bounds__(Geometry<DK, DV>::NT, (Geometry<DK, DV>::NT <= 256 ? 2 : 1))
-    recurrent_kernel(const RecurrentParams<In> p) {
-  using G = Geometry<DK, DV>;
-  using L = SmemLayout<Op, In, DK, DV>;
-  constexpr int NW = G::NW, NT = G::NT;
-  constexpr bool kVla = Op::uses_A;
-  constexpr bool kDelta = Op::uses_beta;
-  constexpr bool kUnitKey = kVla || kDelta;  // VLA and DeltaNet write along k̂ = k/‖k‖
-  constexpr bool kZ = Op::uses_z;
+struct Recurrence {
+  using G = GeometryOf<Op, DK, DV>;
+  static constexpr bool kVla = Op::uses_A;
+  static constexpr bool kDelta = Op::uses_beta;
+  static constexpr bool kUnitKey = kVla || kDelta;  // VLA and DeltaNet write along k̂ = k/‖k‖
+  static constexpr bool kZ = Op::uses_z;
+  static constexpr int NKQ = Op::uses_u ? 3 : 2;
+  static constexpr int KPL = DK / 32, VPL = DV / 32;
+  static constexpr int BAR_A = 1, BAR_S = 2;
+
+  // Views of one prepared buffer (C tokens).
+  struct Prep {
+    float *qf, *kh, *uh, *vf, *den, *beta, *kq, *rf;
+  };
+  struct Raw {
+    const In *q, *k, *u, *v;  // [C][D] each, token-major
+  };
+
+  // ---- identity of this thread
+  int tid, warp, lane;
+  bool is_a;
+  // A role
+  int rowA, cA;
+  // S role
+  int st, rowS, cS;
+
+  // ---- state in registers
+  float4 a[kVla ? G::GA : 1];
+  float4 s[G::GS];
+  float zj;  // z[st] for S threads st < DK
+  int parity;
+
+  __device__ Recurrence() {
+    tid = threadIdx.x;
+    warp = tid / 32;
+    lane = tid % 32;
+    is_a = warp < G::NA;
+    rowA = warp * G::RA + lane / G::LA;
+    cA = lane % G::LA;
+    st = tid - 32 * G::NA;
+    rowS = (warp - G::NA) * G::RS + lane / G::LS;
+    cS = lane % G::LS;
+    zj = 0.f;
+    parity = 0;
+  }
+  __device__ static int colA(int m, int c) { return 4 * (c + G::LA * m); }
+  __device__ static int colS(int m, int c) { return 4 * (c + G::LS * m); }
+
+  /// Loads (or makes fresh) the state tile of this thread. A0/S0/z0 point at this pair's state.
+  __device__ void load_state(const float* A0, const float* S0, const float* z0, float inv_lambda0) {
+    if (is_a) {
+      if (kVla) {
+#pragma unroll
+        for (int m = 0; m < G::GA; ++m) {
+          const int col = colA(m, cA);
+          if (A0) {
+            a[m] = ld4(A0 + rowA * DK + col);
+          } else {
+            a[m].x = col + 0 == rowA ? inv_lambda0 : 0.f;
+            a[m].y = col + 1 == rowA ? inv_lambda0 : 0.f;
+            a[m].z = col + 2 == rowA ? inv_lambda0 : 0.f;
+            a[m].w = col + 3 == rowA ? inv_lambda0 : 0.f;
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int m = 0; m < G::GS; ++m)
+        s[m] = S0 ? ld4(S0 + rowS * DK + colS(m, cS)) : make_float4(0.f, 0.f, 0.f, 0.f);
+      if (kZ && st < DK) zj = z0 ? z0[st] : 0.f;
+    }
+  }
+  __device__ void store_state(float* A1, float* S1, float* z1) const {
+    if (is_a) {
+      if (kVla) {
+#pragma unroll
+        for (int m = 0; m < G::GA; ++m) st4(A1 + rowA * DK + colA(m, cA), a[m]);
+      }
+    } else {
+#pragma unroll
+      for (int m = 0; m < G::GS; ++m) st4(S1 + rowS * DK + colS(m, cS), s[m]);
+      if (kZ && st < DK) z1[st] = zj;
+    }
+  }
+
+  /// Input-only work for ntok tokens, by the S warps (st ∈ [0, NST)): k̂ (or k), û, q, v, β, kᵀq,
+  /// refresh flags, and zⱼqⱼ in `zq` for the normaliser (finished by prepare_den). `t_first` is the
+  /// step count before the first token.
+  __device__ void prepare(const Raw& r, const Prep& p, float* zq, const In* beta_g, std::int64_t beta_stride,
+                          int ntok, std::int64_t t_first, const RecurrentParams<In>& prm) {
+    const int sw = warp - G::NA;
+    for (int tau = sw; tau < ntok; tau += G::NS) {
+      float kv[KPL];
+#pragma unroll
+      for (int i = 0; i < KPL; ++i) kv[i] = to_float(r.k[tau * DK + lane + 32 * i]);
+      const float kf = kUnitKey ? warp_unit_factor(kv, 1.f) : 1.f;
+      float kq = 0.f;
+#pragma unroll
+      for (int i = 0; i < KPL; ++i) {
+        const float qv = to_float(r.q[tau * DK + lane + 32 * i]);
+        const float kh = kUnitKey ? kv[i] * kf : kv[i];
+        p.qf[tau * DK + lane + 32 * i] = qv;
+        p.kh[tau * DK + lane + 32 * i] = kh;
+        kq = fmaf(kh, qv, kq);
+      }
+      if (!kVla) {
+        kq = group_sum<32>(kq);
+        if (lane == 0) p.kq[tau] = kq;
+      }
+      if (kVla) {
+        float uv[KPL];
+#pragma unroll
+        for (int i = 0; i < KPL; ++i) uv[i] = to_float(r.u[tau * DK + lane + 32 * i]);
+        const float uf = warp_unit_factor(uv, prm.inv_sqrt_dk);
+#pragma unroll
+        for (int i = 0; i < KPL; ++i) p.uh[tau * DK + lane + 32 * i] = uv[i] * uf;
+        if (lane == 0) p.rf[tau] = rules::refresh_due(t_first + tau, prm.refresh_period) ? prm.refresh_eps : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < VPL; ++i) p.vf[tau * DV + lane + 32 * i] = to_float(r.v[tau * DV + lane + 32 * i]);
+      if (kDelta && lane == 0) p.beta[tau] = to_float(beta_g[tau * beta_stride]);
+    }
+    // The running key sum z, sequential per column as the reference, and zⱼqⱼ.
+    if (kZ && st < DK) {
+      for (int tau = 0; tau < ntok; ++tau) {
+        zj += to_float(r.k[tau * DK + st]);
+        zq[tau * DK + st] = zj * to_float(r.q[tau * DK + st]);
+      }
+    }
+  }
+  /// max(zᵀq, ε) per token (or 1 when the normaliser is off), after `prepare` and a barrier.
+  __device__ void prepare_den(const Prep& p, const float* zq, int ntok, int normalize, float denom_eps) {
+    if (!kZ) return;
+    const int sw = warp - G::NA;
+    for (int tau = sw; tau < ntok; tau += G::NS) {
+      float acc = 0.f;
+#pragma unroll
+      for (int i = 0; i < KPL; ++i) acc += zq[tau * DK + lane + 32 * i];
+      acc = group_sum<32>(acc);
+      if (lane == 0) p.den[tau] = normalize ? rules::output_denominator<float>(acc, denom_eps) : 1.f;
+    }
+  }
+
+  /// The A-scan of ntok prepared tokens (A warps): writes α̂ (al[τ][DK]) and α̂ᵀq (aq[τ]).
+  /// wy: [2][2][DK] scratch for w = A û and y = A k̂, double-buffered by `parity`.
+  /// ‖α‖ and α̂ᵀq of token τ are finished during token τ+1 (they are not on the A chain). With few
+  /// columns per lane (GA ≤ 4) α is carried in registers; otherwise it is recomputed from w, y.
+  __device__ void a_scan(const Prep& p, float* al, float* aqo, float* wy, int ntok, float stab_eps) {
+    constexpr bool kCarry = G::GA <= 4;
+    float4 alp[kCarry ? G::GA : 1];  // α of the previous token (this thread's columns)
+    float ssp = 0.f, aqp = 0.f, mxp = 0.f;
+    float pisd = 0.f, pc = 0.f, pr = 0.f;  // the previous token's 1/√δ, sᵀk̂ and refresh
+    auto alpha_at = [&](int m, int tau, float isd, float c, float r) {  // α over column group m (recomputed)
+      const int col = colA(m, cA);
+      const float* wb = wy + ((parity ^ 1) & 1) * 2 * DK;  // the previous token's buffer
+      const float4 W = ld4(wb + col), Y = ld4(wb + DK + col), K = ld4(p.kh + tau * DK + col);
+      return make_float4(fmaf(r, K.x, fmaf(-(W.x * isd), c, Y.x)), fmaf(r, K.y, fmaf(-(W.y * isd), c, Y.y)),
+                         fmaf(r, K.z, fmaf(-(W.z * isd), c, Y.z)), fmaf(r, K.w, fmaf(-(W.w * isd), c, Y.w)));
+    };
+    auto finish = [&](int tau) {
+      const float ss = group_sum<G::LA>(ssp), aq = group_sum<G::LA>(aqp), mx = group_max<G::LA>(mxp);
+      const float im = rules::inverse_max<float>(mx);
+      float scaled = ss * im * im;
+      if (im != 0.f && !(ss > 1e-30f && ss < 1e30f)) {  // rare: Σα² under/overflowed; rescale first
+        float s2 = 0.f;
+#pragma unroll
+        for (int m = 0; m < G::GA; ++m) {
+          const float4 x = kCarry ? alp[m % (kCarry ? G::GA : 1)] : alpha_at(m, tau, pisd, pc, pr);
+          const float x0 = x.x * im, x1 = x.y * im, x2 = x.z * im, x3 = x.w * im;
+          s2 += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3;
+        }
+        scaled = group_sum<G::LA>(s2);
+      }
+      const float f = rules::normalize_factor<float>(im, scaled);  // α̂ = f α; 0: α counts as zero
+      if (rowA == 0) {  // every row group holds all of α; the first one writes it
+#pragma unroll
+        for (int m = 0; m < G::GA; ++m) {
+          const float4 x = kCarry ? alp[m % (kCarry ? G::GA : 1)] : alpha_at(m, tau, pisd, pc, pr);
+          st4(al + tau * DK + colA(m, cA), make_float4(f * x.x, f * x.y, f * x.z, f * x.w));
+        }
+        if (cA == 0) aqo[tau] = f * aq;
+      }
+    };
+    for (int tau = 0; tau < ntok; ++tau) {
+      const float* uh = p.uh + tau * DK;
+      const float* kh = p.kh + tau * DK;
+      const float* qf = p.qf + tau * DK;
+      // w_i = (A û)_i, y_i = (A k̂)_i: partials over this thread's columns, in two chains each
+      float pw0 = 0.f, pw1 = 0.f, py0 = 0.f, py1 = 0.f;
+#pragma unroll
+      for (int m = 0; m < G::GA; ++m) {
+        const float4 U = ld4(uh + colA(m, cA)), K = ld4(kh + colA(m, cA));
+        if (m & 1) {
+          pw1 = dot4(a[m], U, pw1);
+          py1 = dot4(a[m], K, py1);
+        } else {
+          pw0 = dot4(a[m], U, pw0);
+          py0 = dot4(a[m], K, py0);
+        }
+      }
+      if (tau > 0) finish(tau - 1);  // the previous token's norm, while the FMAs above retire
+      const float pw = group_sum<G::LA>(pw0 + pw1), py = group_sum<G::LA>(py0 + py1);
+      float* wb = wy + parity * 2 * DK;
+      float* yb = wb + DK;
+      if (cA == 0) {
+        wb[rowA] = pw;
+        yb[rowA] = py;
+      }
+      named_sync(BAR_A, 32 * G::NA);  // w and y complete (double-buffered: one barrier a step)
+
+      float4 W[kCarry ? G::GA : 1];
+      float uw0 = 0.f, uw1 = 0.f, kw0 = 0.f, kw1 = 0.f;
+#pragma unroll
+      for (int m = 0; m < G::GA; ++m) {
+        const int col = colA(m, cA);
+        const float4 w4 = ld4(wb + col);
+        if (kCarry) W[m % (kCarry ? G::GA : 1)] = w4;
+        const float4 U = ld4(uh + col), K = ld4(kh + col);
+        if (m & 1) {
+          uw1 = dot4(U, w4, uw1);
+          kw1 = dot4(K, w4, kw1);
+        } else {
+          uw0 = dot4(U, w4, uw0);
+          kw0 = dot4(K, w4, kw0);
+        }
+      }
+      const float uw = group_sum<G::LA>(uw0 + uw1), kw = group_sum<G::LA>(kw0 + kw1);
+      const float delta = rules::sm_denominator<float>(1.f + uw, stab_eps);
+      const float isd = rsqrtf(delta);
+      const float c = kw * isd;  // sᵀk̂ with s = w/√δ
+      const float r = p.rf[tau];
+      const float si = wb[rowA] * isd;
+      ssp = 0.f, aqp = 0.f, mxp = 0.f;
+#pragma unroll
+      for (int m = 0; m < G::GA; ++m) {
+        const int col = colA(m, cA);
+        const float4 w4 = kCarry ? W[m % (kCarry ? G::GA : 1)] : ld4(wb + col);
+        const float4 Y = ld4(yb + col), K = ld4(kh + col), Q = ld4(qf + col);
+        const float4 sj = make_float4(w4.x * isd, w4.y * isd, w4.z * isd, w4.w * isd);
+        // A ← A − s sᵀ: s_i s_j == s_j s_i keeps A exactly symmetric
+        a[m].x = fmaf(-si, sj.x, a[m].x);
+        a[m].y = fmaf(-si, sj.y, a[m].y);
+        a[m].z = fmaf(-si, sj.z, a[m].z);
+        a[m].w = fmaf(-si, sj.w, a[m].w);
+        // α = A_new k̂ = y − s (sᵀk̂) + r k̂
+        const float4 x = make_float4(fmaf(r, K.x, fmaf(-sj.x, c, Y.x)), fmaf(r, K.y, fmaf(-sj.y, c, Y.y)),
+                                     fmaf(r, K.z, fmaf(-sj.z, c, Y.z)), fmaf(r, K.w, fmaf(-sj.w, c, Y.w)));
+        if (kCarry) alp[m % (kCarry ? G::GA : 1)] = x;
+        ssp = dot4(x, x, ssp);
+        aqp = dot4(x, Q, aqp);
+        mxp = fmaxf(mxp, fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))));
+      }
+      if (r != 0.f) {  // refresh step (uniform): A ← A + r I after the rank-1 update
+#pragma unroll
+        for (int m = 0; m < G::GA; ++m) {
+          const int col = colA(m, cA);
+          if (col + 0 == rowA) a[m].x += r;
+          if (col + 1 == rowA) a[m].y += r;
+          if (col + 2 == rowA) a[m].z += r;
+          if (col + 3 == rowA) a[m].w += r;
+        }
+      }
+      pisd = isd, pc = c, pr = r;
+      parity ^= 1;
+    }
+    if (ntok > 0) finish(ntok - 1);
+  }
+
+  /// The S-scan of ntok prepared tokens (S warps): S ← S + e xᵀ and the outputs into o[τ][DV].
+  /// x is α̂ (VLA, from the A-scan) or k̂ / k (the baselines).
+  __device__ void s_scan(const Prep& p, const float* al, const float* aqi, float* o, int ntok) {
+    for (int tau = 0; tau < ntok; ++tau) {
+      const float* kh = p.kh + tau * DK;
+      const float* qf = p.qf + tau * DK;
+      constexpr bool kHold = G::GS <= 4;  // keep the write direction in registers, else reload it
+      float ps0 = 0.f, ps1 = 0.f, pq0 = 0.f, pq1 = 0.f;
+      float4 X[kHold ? G::GS : 1];
+#pragma unroll
+      for (int m = 0; m < G::GS; ++m) {
+        const int col = colS(m, cS);
+        const float4 K = ld4(kh + col), Q = ld4(qf + col);
+        if (kHold) X[m % (kHold ? G::GS : 1)] = kVla ? ld4(al + tau * DK + col) : K;
+        if (m & 1) {
+          ps1 = dot4(s[m], K, ps1);
+          pq1 = dot4(s[m], Q, pq1);
+        } else {
+          ps0 = dot4(s[m], K, ps0);
+          pq0 = dot4(s[m], Q, pq0);
+        }
+      }
+      const float ps = group_sum<G::LS>(ps0 + ps1), pq = group_sum<G::LS>(pq0 + pq1);
+      const float vi = p.vf[tau * DV + rowS];
+      // VLA: e = v − S k̂;  DeltaNet: e = β (v − S k̂);  linear attention: e = v
+      const float e = kVla ? vi - ps : (kDelta ? (vi - ps) * p.beta[tau] : vi);
+#pragma unroll
+      for (int m = 0; m < G::GS; ++m) {
+        const int col = colS(m, cS);
+        const float4 x = kHold ? X[m % (kHold ? G::GS : 1)] : ld4((kVla ? al + tau * DK : kh) + col);
+        s[m].x = fmaf(e, x.x, s[m].x);
+        s[m].y = fmaf(e, x.y, s[m].y);
+        s[m].z = fmaf(e, x.z, s[m].z);
+        s[m].w = fmaf(e, x.w, s[m].w);
+      }
+      if (cS == 0) {
+        const float corr = kVla ? aqi[tau] : p.kq[tau];  // xᵀq: S_new q = S q + e (xᵀq)
+        const float out = fmaf(e, corr, pq);
+        o[tau * DV + rowS] = kZ ? out / p.den[tau] : out;
+      }
+    }
+  }
+};
+
+template <class Op, class In, int DK, int DV>
+__device__ __forceinline__ typename Recurrence<Op, In, DK, DV>::Prep prep_view(float* f, const SmemLayout<Op, In, DK, DV>& L,
+                                                                           int b) {
+  return {f + L.p_qf(b), f + L.p_kh(b), f + L.p_uh(b), f + L.p_vf(b),
+          f + L.p_den(b), f + L.p_beta(b), f + L.p_kq(b), f + L.p_rf(b)};
+}
+
+/// Issues cp.async for ntok raw tokens (q, k, (u), v of head h) into the raw buffer, by the
+/// threads [t0, t0 + nthreads).
+template <class Op, class In, int DK, int DV>
+__device__ __forceinline__ void issue_tokens(In* raw, int C, const RecurrentParams<In>& p, std::int64_t first_tok,
+                                             std::int64_t h, int ntok, int t, int nthreads) {
   constexpr int EPV = 16 / sizeof(In);
-  constexpr int KPL = DK / 32, VPL = DV / 32;
+  constexpr int NKQ = Op::uses_u ? 3 : 2;
+  constexpr int PK = DK / EPV, PV = DV / EPV, NP = NKQ * PK + PV;
+  const std::int64_t H = p.heads;
+  for (int idx = t; idx < ntok * NP; idx += nthreads) {
+    const int tau = idx / NP, r = idx % NP;
+    const std::int64_t tok = first_tok + tau;
+    const In* src;
+    In* dst;
+    if (r < NKQ * PK) {
+      const int which = r / PK, piece = r % PK;
+      const In* base = which == 0 ? p.q : (which == 1 ? p.k : p.u);
+      src = base + (tok * H + h) * DK + piece * EPV;
+      dst = raw + which * C * DK + tau * DK + piece * EPV;
+    } else {
+      const int piece = r - NKQ * PK;
+      src = p.v + (tok * H + h) * DV + piece * EPV;
+      dst = raw + NKQ * C * DK + tau * DV + piece * EPV;
+    }
+    cp_async16(dst, src);
+  }
+}
+
+/// Writes ntok staged outputs (float [C][DV]) to o as In, 16-byte stores, threads [t, t + n).
+template <class In, int DV>
+__device__ __forceinline__ void write_outputs(In* o, const float* staged, std::int64_t first_tok, std::int64_t H,
+                                              std::int64_t h, int ntok, int t, int nthreads) {
+  constexpr int EPV = 16 / sizeof(In);
+  constexpr int PV = DV / EPV;
+  for (int idx = t; idx < ntok * PV; idx += nthreads) {
+    const int tau = idx / PV, piece = idx % PV;
+    store16<In>(o + ((first_tok + tau) * H + h) * DV + piece * EPV, staged + tau * DV + piece * EPV);
+  }
+}
+
+/// The forward: one CTA per (sequence, head), the whole sequence in one launch.
+template <class Op, class In, int DK, int DV>
+__global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kernel(const RecurrentParams<In> p) {
+  using G = GeometryOf<Op, DK, DV>;
+  using L = SmemLayout<Op, In, DK, DV>;
+  using R = Recurrence<Op, In, DK, DV>;
+  constexpr bool kVla = Op::uses_A;
+  constexpr int LAG = kVla ? 1 : 0;  // the S-scan runs this many chunks behind the A-scan
 
   extern __shared__ __align__(16) unsigned char smem[];
   const L lay(p.chunk);
   const int C = p.chunk;
-  In* const Rq = reinterpret_cast<In*>(smem);
-  In* const Rk = Rq + C * DK;
-  In* const Ru = Rk + C * DK;                        // VLA only
-  In* const Rv = Rq + L::NKQ * C * DK;
-  float* const Qf = reinterpret_cast<float*>(smem + lay.off_qf());
-  float* const Kh = reinterpret_cast<float*>(smem + lay.off_kh());
-  float* const Uh = reinterpret_cast<float*>(smem + lay.off_uh());
-  float* const Vf = reinterpret_cast<float*>(smem + lay.off_vf());
-  float* const PO = reinterpret_cast<float*>(smem + lay.off_po());
-  float* const Den = reinterpret_cast<float*>(smem + lay.off_den());
-  float* const Beta = reinterpret_cast<float*>(smem + lay.off_beta());
-  float* const KQ = reinterpret_cast<float*>(smem + lay.off_kq());
-  float* const Rf = reinterpret_cast<float*>(smem + lay.off_rf());
-  float* const Wb = reinterpret_cast<float*>(smem + lay.off_w());  // [2 parities][w, y][DK]
+  In* const raw = reinterpret_cast<In*>(smem);
+  float* const fs = reinterpret_cast<float*>(smem + lay.raw_bytes());
+  const typename R::Raw rv{raw, raw + C * DK, raw + 2 * C * DK, raw + R::NKQ * C * DK};
 
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  R rc;
   const std::int64_t H = p.heads;
   const std::int64_t pair = blockIdx.x;
   const std::int64_t n = pair / H, h = pair % H;
-
   std::int64_t bos, len;
   if (p.cu_seqlens) {
     bos = p.cu_seqlens[n];
@@ -176,289 +572,173 @@ __global__ void __launch_bounds__(Geometry<DK, DV>::NT, (Geometry<DK, DV>::NT <=
     bos = n * p.seq_len;
     len = p.seq_len;
   }
-  std::int64_t slot = pair;
-  if (p.state_index) {
-    const std::int64_t s = p.state_index[n];
-    if (s < 0 || s >= p.pool_size) return;  // padding entry: nothing is read or written
-    slot = s * H + h;
-  }
+  const std::int64_t nchunks = (len + C - 1) / C;
+  auto ntok_of = [&](std::int64_t c) { return static_cast<int>(len - c * C < C ? len - c * C : C); };
 
-  // ---- stage a chunk of raw tokens with cp.async (16-byte pieces)
-  auto issue_chunk = [&](std::int64_t first, int ntok) {
-    constexpr int PK = DK / EPV, PV = DV / EPV, NP = L::NKQ * PK + PV;
-    for (int idx = tid; idx < ntok * NP; idx += NT) {
-      const int tau = idx / NP, r = idx % NP;
-      const std::int64_t tok = bos + first + tau;
-      const In* src;
-      In* dst;
-      if (r < L::NKQ * PK) {
-        const int which = r / PK, piece = r % PK;
-        const In* base = which == 0 ? p.q : (which == 1 ? p.k : p.u);
-        src = base + (tok * H + h) * DK + piece * EPV;
-        dst = Rq + which * C * DK + tau * DK + piece * EPV;
-      } else {
-        const int piece = r - L::NKQ * PK;
-        src = p.v + (tok * H + h) * DV + piece * EPV;
-        dst = Rv + tau * DV + piece * EPV;
-      }
-      cp_async16(dst, src);
-    }
-    cp_async_commit();
-  };
-  if (len > 0) issue_chunk(0, static_cast<int>(len < C ? len : C));
-
-  // ---- the state, into registers
-  const int rowA = warp * G::RA + lane / G::LA, cA = lane % G::LA;
-  const int rowS = warp * G::RS + lane / G::LS, cS = lane % G::LS;
-  float4 a[kVla ? G::GA : 1];
-  float4 s[G::GS];
-  std::int64_t t0 = 0;
+  // S warps: stage chunk 0 first, so the copy overlaps the state load.
+  if (!rc.is_a && len > 0) issue_tokens<Op, In, DK, DV>(raw, C, p, bos, h, ntok_of(0), rc.st, G::NST);
+  cp_async_commit();
   const bool has_init = p.S0 != nullptr;
-  if (kVla) {
-#pragma unroll
-    for (int m = 0; m < G::GA; ++m) {
-      const int col = 4 * (cA + G::LA * m);
-      if (has_init) {
-        a[m] = ld4(p.A0 + (slot * DK + rowA) * DK + col);
-      } else {
-        a[m].x = col + 0 == rowA ? p.inv_lambda0 : 0.f;
-        a[m].y = col + 1 == rowA ? p.inv_lambda0 : 0.f;
-        a[m].z = col + 2 == rowA ? p.inv_lambda0 : 0.f;
-        a[m].w = col + 3 == rowA ? p.inv_lambda0 : 0.f;
-      }
-    }
-    if (has_init) t0 = p.steps0[slot];
-  }
-#pragma unroll
-  for (int m = 0; m < G::GS; ++m) {
-    const int col = 4 * (cS + G::LS * m);
-    s[m] = has_init ? ld4(p.S0 + (slot * DV + rowS) * DK + col) : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  float zj = 0.f;  // z[tid] for tid < DK
-  if (kZ && has_init && tid < DK) zj = p.z0[slot * DK + tid];
+  rc.load_state(has_init && kVla ? p.A0 + pair * DK * DK : nullptr, has_init ? p.S0 + pair * DV * DK : nullptr,
+                has_init && Op::uses_z ? p.z0 + pair * DK : nullptr, p.inv_lambda0);
+  const std::int64_t t0 = (kVla && has_init) ? p.steps0[pair] : 0;
 
-  int parity = 0;
-  for (std::int64_t cb = 0; cb < len; cb += C) {
-    const int ntok = static_cast<int>(len - cb < C ? len - cb : C);
+  // Prepare chunk c (S warps): raw → prepared buffer c % 2; then stage chunk c + 1.
+  auto prepare_chunk = [&](std::int64_t c) {
     cp_async_wait_all();
-    __syncthreads();  // raw chunk visible; the previous chunk's outputs are written out
+    named_sync(R::BAR_S, G::NST);
+    const auto pv = prep_view(fs, lay, static_cast<int>(c & 1));
+    rc.prepare(rv, pv, fs + lay.f_p(), p.beta + (bos + c * C) * H + h, H, ntok_of(c), t0 + c * C, p);
+    named_sync(R::BAR_S, G::NST);  // raw consumed
+    if (c + 1 < nchunks) issue_tokens<Op, In, DK, DV>(raw, C, p, bos + (c + 1) * C, h, ntok_of(c + 1), rc.st, G::NST);
+    cp_async_commit();
+    rc.prepare_den(pv, fs + lay.f_p(), ntok_of(c), p.normalize, p.denom_eps);
+  };
+  if (!rc.is_a && nchunks > 0) prepare_chunk(0);
+  __syncthreads();
 
-    // ---- P1: per-token input work, one warp per token
-    for (int tau = warp; tau < ntok; tau += NW) {
-      float kv[KPL];
-#pragma unroll
-      for (int i = 0; i < KPL; ++i) kv[i] = to_float(Rk[tau * DK + lane + 32 * i]);
-      const float kf = kUnitKey ? warp_unit_factor(kv, 1.f) : 1.f;
-      float kq = 0.f;
-#pragma unroll
-      for (int i = 0; i < KPL; ++i) {
-        const float qv = to_float(Rq[tau * DK + lane + 32 * i]);
-        const float kh = kUnitKey ? kv[i] * kf : kv[i];
-        Qf[tau * DK + lane + 32 * i] = qv;
-        Kh[tau * DK + lane + 32 * i] = kh;
-        kq += kh * qv;
+  for (std::int64_t it = 0; it < nchunks + LAG; ++it) {
+    if (rc.is_a) {
+      if (kVla && it < nchunks) {
+        const int b = static_cast<int>(it & 1);
+        rc.a_scan(prep_view(fs, lay, b), fs + lay.f_al(b), fs + lay.f_aq(b), fs + lay.f_w(), ntok_of(it), p.stab_eps);
       }
-      if (!kVla) {
-        kq = group_sum<32>(kq);
-        if (lane == 0) KQ[tau] = kq;
+    } else {
+      const std::int64_t cs = it - LAG;  // the chunk the S-scan takes
+      if (cs >= 1)  // outputs of chunk cs − 1, staged in the other buffer
+        write_outputs<In, DV>(p.o, fs + lay.f_o(static_cast<int>((cs - 1) & 1)), bos + (cs - 1) * C, H, h,
+                              ntok_of(cs - 1), rc.st, G::NST);
+      if (cs >= 0) {
+        const int b = static_cast<int>(cs & 1);
+        rc.s_scan(prep_view(fs, lay, b), fs + lay.f_al(b), fs + lay.f_aq(b), fs + lay.f_o(b), ntok_of(cs));
       }
-      if (kVla) {
-        float uv[KPL];
-#pragma unroll
-        for (int i = 0; i < KPL; ++i) uv[i] = to_float(Ru[tau * DK + lane + 32 * i]);
-        const float uf = warp_unit_factor(uv, p.inv_sqrt_dk);
-#pragma unroll
-        for (int i = 0; i < KPL; ++i) Uh[tau * DK + lane + 32 * i] = uv[i] * uf;
-        if (lane == 0) Rf[tau] = rules::refresh_due(t0 + cb + tau, p.refresh_period) ? p.refresh_eps : 0.f;
-      }
-#pragma unroll
-      for (int i = 0; i < VPL; ++i) Vf[tau * DV + lane + 32 * i] = to_float(Rv[tau * DV + lane + 32 * i]);
-      if (kDelta && lane == 0) Beta[tau] = to_float(p.beta[(bos + cb + tau) * H + h]);
-    }
-    // ---- P2: the running key sum z (sequential per column, as the reference) and zⱼ·qⱼ
-    if (kZ && tid < DK) {
-      for (int tau = 0; tau < ntok; ++tau) {
-        zj += to_float(Rk[tau * DK + tid]);
-        PO[tau * DK + tid] = zj * to_float(Rq[tau * DK + tid]);
-      }
-    }
-    __syncthreads();  // raw chunk consumed: bring the next one while this one runs
-    if (cb + C < len) issue_chunk(cb + C, static_cast<int>(len - cb - C < C ? len - cb - C : C));
-    // ---- P3: the output normaliser max(zᵀq, ε) per token
-    if (kZ) {
-      for (int tau = warp; tau < ntok; tau += NW) {
-        float zq = 0.f;
-#pragma unroll
-        for (int i = 0; i < KPL; ++i) zq += PO[tau * DK + lane + 32 * i];
-        zq = group_sum<32>(zq);
-        if (lane == 0) Den[tau] = p.normalize ? rules::output_denominator<float>(zq, p.denom_eps) : 1.f;
+      if (it + 1 < nchunks) {
+        named_sync(R::BAR_S, G::NST);  // every S warp is done with the buffer being refilled
+        prepare_chunk(it + 1);
       }
     }
     __syncthreads();
-
-    // ---- the sequential steps of this chunk
-    for (int tau = 0; tau < ntok; ++tau) {
-      const float* kh = Kh + tau * DK;
-      const float* qf = Qf + tau * DK;
-      // S-side column vectors of this thread
-      float4 KS[G::GS], QS[G::GS];
-#pragma unroll
-      for (int m = 0; m < G::GS; ++m) {
-        const int col = 4 * (cS + G::LS * m);
-        KS[m] = ld4(kh + col);
-        QS[m] = ld4(qf + col);
-      }
-      float ps = 0.f, pq = 0.f;  // (S k̂)_i, (S q)_i partials over this thread's columns
-#pragma unroll
-      for (int m = 0; m < G::GS; ++m) {
-        ps += s[m].x * KS[m].x + s[m].y * KS[m].y + s[m].z * KS[m].z + s[m].w * KS[m].w;
-        pq += s[m].x * QS[m].x + s[m].y * QS[m].y + s[m].z * QS[m].z + s[m].w * QS[m].w;
-      }
-      const float vi = Vf[tau * DV + rowS];
-
-      if constexpr (kVla) {
-        const float* uh = Uh + tau * DK;
-        float pw = 0.f, py = 0.f;  // (A û)_i, (A k̂)_i partials
-#pragma unroll
-        for (int m = 0; m < G::GA; ++m) {
-          const int col = 4 * (cA + G::LA * m);
-          const float4 U = ld4(uh + col);
-          const float4 K = G::same_cols ? KS[m % G::GS] : ld4(kh + col);
-          pw += a[m].x * U.x + a[m].y * U.y + a[m].z * U.z + a[m].w * U.w;
-          py += a[m].x * K.x + a[m].y * K.y + a[m].z * K.z + a[m].w * K.w;
-        }
-        pw = group_sum<G::LA>(pw);
-        py = group_sum<G::LA>(py);
-        ps = group_sum<G::LS>(ps);
-        pq = group_sum<G::LS>(pq);
-        float* wb = Wb + parity * 2 * DK;
-        float* yb = wb + DK;
-        if (cA == 0) {
-          wb[rowA] = pw;
-          yb[rowA] = py;
-        }
-        const float e = vi - ps;  // e = v − S k̂
-        __syncthreads();          // w = A û and y = A k̂ complete (double-buffered: one barrier a step)
-
-        // δ = max(1 + ûᵀw, ε) and sᵀk̂ = k̂ᵀw/√δ, reduced by every row group for itself
-        float uw = 0.f, kw = 0.f;
-#pragma unroll
-        for (int m = 0; m < G::GA; ++m) {
-          const int col = 4 * (cA + G::LA * m);
-          const float4 W = ld4(wb + col), U = ld4(uh + col), K = ld4(kh + col);
-          uw += U.x * W.x + U.y * W.y + U.z * W.z + U.w * W.w;
-          kw += K.x * W.x + K.y * W.y + K.z * W.z + K.w * W.w;
-        }
-        uw = group_sum<G::LA>(uw);
-        kw = group_sum<G::LA>(kw);
-        const float delta = rules::sm_denominator<float>(1.f + uw, p.stab_eps);
-        const float isd = 1.f / sqrtf(delta);
-        const float c = kw * isd;  // sᵀk̂ with s = w/√δ
-        const float r = Rf[tau];
-        const float si = wb[rowA] * isd;
-        // α = A_new k̂ = y − s (sᵀk̂) + r k̂ over this thread's columns; and A ← A − s sᵀ (+ r I),
-        // where s_i s_j == s_j s_i keeps A exactly symmetric.
-        float4 al[G::GA];
-        float mx = 0.f, ss = 0.f, aq = 0.f;
-#pragma unroll
-        for (int m = 0; m < G::GA; ++m) {
-          const int col = 4 * (cA + G::LA * m);
-          const float4 W = ld4(wb + col), Y = ld4(yb + col), K = ld4(kh + col), Q = ld4(qf + col);
-          const float4 sj = make_float4(W.x * isd, W.y * isd, W.z * isd, W.w * isd);
-          al[m].x = Y.x - sj.x * c + r * K.x;
-          al[m].y = Y.y - sj.y * c + r * K.y;
-          al[m].z = Y.z - sj.z * c + r * K.z;
-          al[m].w = Y.w - sj.w * c + r * K.w;
-          mx = fmaxf(mx, fmaxf(fmaxf(fabsf(al[m].x), fabsf(al[m].y)), fmaxf(fabsf(al[m].z), fabsf(al[m].w))));
-          ss += al[m].x * al[m].x + al[m].y * al[m].y + al[m].z * al[m].z + al[m].w * al[m].w;
-          aq += al[m].x * Q.x + al[m].y * Q.y + al[m].z * Q.z + al[m].w * Q.w;
-          a[m].x -= si * sj.x;
-          a[m].y -= si * sj.y;
-          a[m].z -= si * sj.z;
-          a[m].w -= si * sj.w;
-          if (col + 0 == rowA) a[m].x += r;
-          if (col + 1 == rowA) a[m].y += r;
-          if (col + 2 == rowA) a[m].z += r;
-          if (col + 3 == rowA) a[m].w += r;
-        }
-        mx = group_max<G::LA>(mx);
-        ss = group_sum<G::LA>(ss);
-        aq = group_sum<G::LA>(aq);
-        const float im = rules::inverse_max<float>(mx);
-        float scaled = ss * im * im;
-        if (im != 0.f && !(ss > 1e-30f && ss < 1e30f)) {  // rare: Σα² under/overflowed; rescale first
-          float s2 = 0.f;
-#pragma unroll
-          for (int m = 0; m < G::GA; ++m) {
-            const float x0 = al[m].x * im, x1 = al[m].y * im, x2 = al[m].z * im, x3 = al[m].w * im;
-            s2 += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3;
-          }
-          scaled = group_sum<G::LA>(s2);
-        }
-        const float f = rules::normalize_factor<float>(im, scaled);  // α̂ = f α (0: α counts as zero)
-
-        // S ← S + e α̂ᵀ
-        const float ef = e * f;
-#pragma unroll
-        for (int m = 0; m < G::GS; ++m) {
-          float4 x;
-          if (G::same_cols) {
-            x = al[m % G::GA];
-          } else {
-            const int col = 4 * (cS + G::LS * m);
-            const float4 w4 = ld4(wb + col), y4 = ld4(yb + col);
-            x.x = y4.x - (w4.x * isd) * c + r * KS[m].x;
-            x.y = y4.y - (w4.y * isd) * c + r * KS[m].y;
-            x.z = y4.z - (w4.z * isd) * c + r * KS[m].z;
-            x.w = y4.w - (w4.w * isd) * c + r * KS[m].w;
-          }
-          s[m].x += ef * x.x;
-          s[m].y += ef * x.y;
-          s[m].z += ef * x.z;
-          s[m].w += ef * x.w;
-        }
-        if (cS == 0) PO[tau * DV + rowS] = (pq + e * (f * aq)) / Den[tau];
-        parity ^= 1;
-      } else {
-        ps = group_sum<G::LS>(ps);
-        pq = group_sum<G::LS>(pq);
-        // linear attention: S ← S + v kᵀ;  DeltaNet: S ← S + β (v − S k̂) k̂ᵀ
-        const float e = kDelta ? (vi - ps) * Beta[tau] : vi;
-#pragma unroll
-        for (int m = 0; m < G::GS; ++m) {
-          s[m].x += e * KS[m].x;
-          s[m].y += e * KS[m].y;
-          s[m].z += e * KS[m].z;
-          s[m].w += e * KS[m].w;
-        }
-        if (cS == 0) {
-          const float o = pq + e * KQ[tau];  // S_new q = S q + e (kᵀq)
-          PO[tau * DV + rowS] = kZ ? o / Den[tau] : o;
-        }
-      }
-    }
-    __syncthreads();  // this chunk's outputs are complete
-    // ---- write the outputs of the chunk (16-byte stores)
-    {
-      constexpr int PV = DV / EPV;
-      for (int idx = tid; idx < ntok * PV; idx += NT) {
-        const int tau = idx / PV, piece = idx % PV;
-        store16<In>(p.o + ((bos + cb + tau) * H + h) * DV + piece * EPV, PO + tau * DV + piece * EPV);
-      }
-    }
   }
+  if (!rc.is_a && nchunks > 0)
+    write_outputs<In, DV>(p.o, fs + lay.f_o(static_cast<int>((nchunks - 1) & 1)), bos + (nchunks - 1) * C, H, h,
+                          ntok_of(nchunks - 1), rc.st, G::NST);
 
-  // ---- the final state
   if (p.S1) {
-    if (kVla) {
-#pragma unroll
-      for (int m = 0; m < G::GA; ++m) st4(p.A1 + (slot * DK + rowA) * DK + 4 * (cA + G::LA * m), a[m]);
-      if (tid == 0) p.steps1[slot] = t0 + len;
-    }
-#pragma unroll
-    for (int m = 0; m < G::GS; ++m) st4(p.S1 + (slot * DV + rowS) * DK + 4 * (cS + G::LS * m), s[m]);
-    if (kZ && tid < DK) p.z1[slot * DK + tid] = zj;
+    rc.store_state(kVla ? p.A1 + pair * DK * DK : nullptr, p.S1 + pair * DV * DK,
+                   Op::uses_z ? p.z1 + pair * DK : nullptr);
+    if (kVla && threadIdx.x == 0) p.steps1[pair] = t0 + len;
   }
+}
+
+/// The decode step: persistent CTAs, each taking (sequence, head) pairs gridDim.x apart; the state
+/// and token of the next pair(s) are staged by cp.async while the current one is stepped.
+template <class Op, class In, int DK, int DV>
+__global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) decode_kernel(const RecurrentParams<In> p) {
+  using G = GeometryOf<Op, DK, DV>;
+  using L = SmemLayout<Op, In, DK, DV>;
+  using D = DecodeLayout<Op, In, DK, DV>;
+  using R = Recurrence<Op, In, DK, DV>;
+  constexpr bool kVla = Op::uses_A;
+  constexpr int NKQ = R::NKQ;
+  constexpr int EPV = 16 / sizeof(In);
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  const L lay(1);
+  float* const fs = reinterpret_cast<float*>(smem + D::base() + lay.raw_bytes());
+  const std::int64_t H = p.heads;
+
+  R rc;
+  In beta0{}, beta1{};
+  // Slot of a pair's state, or −1 for a padding entry (skipped).
+  auto slot_of = [&](std::int64_t pair) -> std::int64_t {
+    if (!p.state_index) return pair;
+    const std::int64_t sidx = p.state_index[pair / H];
+    return (sidx < 0 || sidx >= p.pool_size) ? -1 : sidx * H + pair % H;
+  };
+  // Stage pair's state and token into stage sg (all threads), one commit group.
+  auto stage = [&](std::int64_t pair, int sg) {
+    if (pair < p.pairs) {
+      const std::int64_t slot = slot_of(pair);
+      if (slot >= 0) {
+        unsigned char* base = smem + D::stage(sg);
+        if (kVla)
+          for (int i = threadIdx.x; i < DK * DK / 4; i += G::NT)
+            cp_async16(base + D::off_A() + 16 * i, p.A0 + slot * DK * DK + 4 * i);
+        for (int i = threadIdx.x; i < DV * DK / 4; i += G::NT)
+          cp_async16(base + D::off_S() + 16 * i, p.S0 + slot * DV * DK + 4 * i);
+        if (Op::uses_z)
+          for (int i = threadIdx.x; i < DK / 4; i += G::NT) cp_async16(base + D::off_z() + 16 * i, p.z0 + slot * DK + 4 * i);
+        if (kVla && threadIdx.x == 0) cp_async8(base + D::off_steps(), p.steps0 + slot);
+        const std::int64_t tok = pair / H, h = pair % H;
+        constexpr int PK = DK / EPV, PV = DV / EPV, NP = NKQ * PK + PV;
+        In* tb = reinterpret_cast<In*>(base + D::off_tok());
+        for (int i = threadIdx.x; i < NP; i += G::NT) {
+          if (i < NKQ * PK) {
+            const int which = i / PK, piece = i % PK;
+            const In* src = (which == 0 ? p.q : (which == 1 ? p.k : p.u)) + (tok * H + h) * DK + piece * EPV;
+            cp_async16(tb + which * DK + piece * EPV, src);
+          } else {
+            const int piece = i - NKQ * PK;
+            cp_async16(tb + NKQ * DK + piece * EPV, p.v + (tok * H + h) * DV + piece * EPV);
+          }
+        }
+        // β (2 or 4 bytes, too small for cp.async): loaded into a register now, written to the
+        // stage by the same thread when the pair is prepared.
+        if (Op::uses_beta && !rc.is_a && rc.st == 0) (sg ? beta1 : beta0) = p.beta[tok * H + h];
+      }
+    }
+    cp_async_commit();
+  };
+
+  const std::int64_t stride = gridDim.x;
+  std::int64_t pair = blockIdx.x;
+  for (int sg = 0; sg < D::NSTAGE; ++sg) stage(pair + sg * stride, sg);
+  for (int i = 0; pair < p.pairs; ++i, pair += stride) {
+    const int sg = D::NSTAGE == 2 ? (i & 1) : 0;
+    if (D::NSTAGE == 2)
+      cp_async_wait_group<1>();
+    else
+      cp_async_wait_all();
+    __syncthreads();  // stage sg landed; the previous pair is finished with the one-token buffers
+    const std::int64_t slot = slot_of(pair);
+    if (slot >= 0) {
+      const unsigned char* base = smem + D::stage(sg);
+      const float* Ast = reinterpret_cast<const float*>(base + D::off_A());
+      const float* Sst = reinterpret_cast<const float*>(base + D::off_S());
+      const float* zst = reinterpret_cast<const float*>(base + D::off_z());
+      const std::int64_t t0 = kVla ? *reinterpret_cast<const std::int64_t*>(base + D::off_steps()) : 0;
+      rc.load_state(kVla ? Ast : nullptr, Sst, Op::uses_z ? zst : nullptr, p.inv_lambda0);
+      const auto pv = prep_view(fs, lay, 0);
+      if (!rc.is_a) {
+        // The token: copy the staged raw token into the one-token raw buffer layout and prepare it.
+        if (Op::uses_beta && rc.st == 0)
+          *reinterpret_cast<In*>(smem + D::stage(sg) + D::off_beta()) = sg ? beta1 : beta0;
+        const In* tb = reinterpret_cast<const In*>(base + D::off_tok());
+        const typename R::Raw rv{tb, tb + DK, tb + 2 * DK, tb + NKQ * DK};
+        rc.prepare(rv, pv, fs + lay.f_p(), reinterpret_cast<const In*>(base + D::off_beta()), 0, 1, t0, p);
+        named_sync(R::BAR_S, G::NST);
+        rc.prepare_den(pv, fs + lay.f_p(), 1, p.normalize, p.denom_eps);
+      }
+      __syncthreads();  // stage sg consumed (state in registers, token prepared)
+      stage(pair + D::NSTAGE * stride, sg);
+      if (rc.is_a) {
+        rc.a_scan(pv, fs + lay.f_al(0), fs + lay.f_aq(0), fs + lay.f_w(), 1, p.stab_eps);
+        rc.store_state(p.A1 + slot * DK * DK, nullptr, nullptr);
+      }
+      __syncthreads();  // α̂ ready
+      if (!rc.is_a) {
+        rc.s_scan(pv, fs + lay.f_al(0), fs + lay.f_aq(0), fs + lay.f_o(0), 1);
+        rc.store_state(nullptr, p.S1 + slot * DV * DK, Op::uses_z ? p.z1 + slot * DK : nullptr);
+        if (kVla && rc.st == 0) p.steps1[slot] = t0 + 1;
+        named_sync(R::BAR_S, G::NST);
+        write_outputs<In, DV>(p.o, fs + lay.f_o(0), pair / H, H, pair % H, 1, rc.st, G::NST);
+      }
+    } else {
+      __syncthreads();
+      stage(pair + D::NSTAGE * stride, sg);
+    }
+  }
+  cp_async_wait_all();
 }
 
 }  // namespace detail
