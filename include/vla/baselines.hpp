@@ -21,7 +21,7 @@ class LinearAttentionState {
   using MatrixType = Matrix<Scalar>;
 
   LinearAttentionState(Eigen::Index dk, Eigen::Index dv, const Config& cfg = Config{}) : cfg_(cfg) {
-    cfg_.validate();
+    cfg_.validate_for<Scalar>();
     if (dk <= 0 || dv <= 0) throw std::invalid_argument("vla::LinearAttentionState: dk and dv must be > 0");
     s_ = MatrixType::Zero(dv, dk);
     z_ = VectorType::Zero(dk);
@@ -59,12 +59,11 @@ class LinearAttentionState {
   template <class Out>
   void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v, Out&& o) {
     // S_new q = S q + v (kᵀq): one read pass and one rank-1 write, as in the VLA step.
-    sq_.noalias() = s_ * q;
+    detail::matvec(s_.data(), dv(), dk(), q.data(), sq_.data());
     detail::rank1_update(s_.data(), dv(), dk(), v.data(), k.data());
     sq_ += v * k.dot(q);
     z_ += k;
-    o = sq_;
-    if (cfg_.normalize_output) o /= rules::output_denominator<Scalar>(z_.dot(q), denom_eps_);
+    detail::finish_output<Scalar>(s_, z_, q, sq_, cfg_.normalize_output, denom_eps_, o);
   }
 
  private:
@@ -132,7 +131,7 @@ class DeltaNetState {
       detail::delta_write(s_.data(), dv(), dk(), v.data(), khat_.data(), q.data(), beta, sk_.data(), sq_.data(),
                           e_.data());
     } else {
-      sq_.noalias() = s_ * q;
+      detail::matvec(s_.data(), dv(), dk(), q.data(), sq_.data());
     }
     o = sq_;
   }

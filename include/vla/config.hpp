@@ -30,6 +30,24 @@ struct Config {
     if (!std::isfinite(refresh_eps) || refresh_eps < 0) bad("refresh_eps", "must be finite and >= 0");
     if (!std::isfinite(denom_eps) || !(denom_eps > 0)) bad("denom_eps", "must be finite and > 0");
   }
+
+  /// validate(), then the same conditions after rounding to the compute scalar (float or double),
+  /// where a state actually uses them: a floor that underflows to 0 in float would readmit the
+  /// division by zero it exists to stop, and 1/lambda0 must stay finite.
+  template <class Scalar>
+  void validate_for() const {
+    validate();
+    auto bad = [](const char* field, const char* why) {
+      throw std::invalid_argument(std::string("vla::Config::") + field + " " + why);
+    };
+    const char* msg = sizeof(Scalar) == 4 ? "underflows to 0 or overflows in float" : "is out of the scalar's range";
+    if (!(static_cast<Scalar>(stab_eps) > 0)) bad("stab_eps", msg);
+    if (!(static_cast<Scalar>(denom_eps) > 0)) bad("denom_eps", msg);
+    const Scalar inv_lambda = Scalar(1) / static_cast<Scalar>(lambda0);
+    if (!(static_cast<Scalar>(lambda0) > 0) || !std::isfinite(inv_lambda) || !std::isfinite(static_cast<Scalar>(lambda0)))
+      bad("lambda0", msg);
+    if (!std::isfinite(static_cast<Scalar>(refresh_eps))) bad("refresh_eps", msg);
+  }
 };
 
 }  // namespace vla

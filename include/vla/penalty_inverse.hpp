@@ -79,11 +79,9 @@ class PenaltyInverse {
     const Eigen::Index n = dim();
     Scalar delta = 1;
     if (d) {
-      if (x) {
-        detail::dual_matvec(a_.data(), n, n, d, x, w_.data(), out);
-      } else {
-        w_.noalias() = a_ * Eigen::Map<const VectorType>(d, n);
-      }
+      // A d goes through the same dual pass with or without x (x = d when absent, its result
+      // unused), so A's update is bitwise independent of whether this step has a key.
+      detail::dual_matvec(a_.data(), n, n, d, x ? x : d, w_.data(), x ? out : neg_w_.data());
       delta = rules::sm_denominator<Scalar>(Scalar(1) + detail::dot(d, w_.data(), n), stab_eps);
       w_ *= Scalar(1) / std::sqrt(delta);  // s
       if (x) {
@@ -93,7 +91,7 @@ class PenaltyInverse {
       neg_w_ = -w_;
       detail::rank1_update(a_.data(), n, n, neg_w_.data(), w_.data());
     } else if (x) {
-      Eigen::Map<VectorType>(out, n).noalias() = a_ * Eigen::Map<const VectorType>(x, n);
+      detail::dual_matvec(a_.data(), n, n, x, x, out, neg_w_.data());
     }
     if (refresh) {
       a_.diagonal().array() += refresh_eps;

@@ -118,19 +118,18 @@ class VlaState {
       detail::delta_write(s_.data(), m, n, v.data(), alpha_.data(), q.data(), Scalar(1), sk_.data(), sq_.data(),
                           e_.data());
     } else {
-      sq_.noalias() = s_ * q;
+      detail::matvec(s_.data(), dv(), dk(), q.data(), sq_.data());
     }
     // 6. z and the output.
     z_ += k;
-    o = sq_;
-    if (cfg_.normalize_output) o /= rules::output_denominator<Scalar>(z_.dot(q), denom_eps_);
+    detail::finish_output<Scalar>(s_, z_, q, sq_, cfg_.normalize_output, denom_eps_, o);
     // 7.
     ++steps_;
   }
 
  private:
   static const Config& checked(const Config& cfg, Eigen::Index dk, Eigen::Index dv) {
-    cfg.validate();
+    cfg.validate_for<Scalar>();
     if (dk <= 0) throw std::invalid_argument("vla::VlaState: dk must be > 0");
     if (dv <= 0) throw std::invalid_argument("vla::VlaState: dv must be > 0");
     return cfg;

@@ -176,7 +176,7 @@ struct BackendTraits<backend::Cpu> {
     static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
                   "vla: the CPU backend computes in float or double");
     using Ops = detail::CpuOp<Op, Scalar>;
-    cfg.validate();
+    cfg.validate_for<Scalar>();
     detail::check_args<Op>(a);
     if (opt.threads < 0) detail::bad_arg("CpuOptions::threads must be >= 0");
     const std::int64_t tokens = a.varlen() ? detail::check_cu_seqlens(a.cu_seqlens, a.batch) : a.batch * a.seq_len;

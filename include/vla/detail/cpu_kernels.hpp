@@ -27,44 +27,57 @@ namespace detail {
 
 using Index = std::int64_t;
 
-/// y1 = M x1, y2 = M x2 for rows [0, R) of a column-major M (leading dimension ld).
-template <int R, class T>
-inline void dual_matvec_block(const T* __restrict m, Index ld, Index cols, const T* __restrict x1,
-                              const T* __restrict x2, T* __restrict y1, T* __restrict y2) {
+/// y1 = M x1 (and y2 = M x2 when Two) for rows [0, R) of a column-major M (leading dimension ld).
+template <int R, bool Two, class T>
+inline void matvec_block(const T* __restrict m, Index ld, Index cols, const T* x1,
+                         const T* x2, T* __restrict y1, T* __restrict y2) {
   T a1[R], a2[R];
   VLA_UNROLL for (int i = 0; i < R; ++i) a1[i] = a2[i] = T(0);
   for (Index j = 0; j < cols; ++j) {
     const T* __restrict c = m + j * ld;
-    const T s1 = x1[j], s2 = x2[j];
-    VLA_UNROLL for (int i = 0; i < R; ++i) {
-      a1[i] += c[i] * s1;
-      a2[i] += c[i] * s2;
+    const T s1 = x1[j];
+    VLA_UNROLL for (int i = 0; i < R; ++i) a1[i] += c[i] * s1;
+    if (Two) {
+      const T s2 = x2[j];
+      VLA_UNROLL for (int i = 0; i < R; ++i) a2[i] += c[i] * s2;
     }
   }
-  VLA_UNROLL for (int i = 0; i < R; ++i) {
-    y1[i] = a1[i];
-    y2[i] = a2[i];
-  }
+  VLA_UNROLL for (int i = 0; i < R; ++i) y1[i] = a1[i];
+  if (Two) VLA_UNROLL for (int i = 0; i < R; ++i) y2[i] = a2[i];
 }
 
-/// y1 = M x1 and y2 = M x2 in one pass over the rows × cols column-major M.
-template <class T>
-inline void dual_matvec(const T* __restrict m, Index rows, Index cols, const T* __restrict x1,
-                        const T* __restrict x2, T* __restrict y1, T* __restrict y2) {
+/// y1 = M x1 (and y2 = M x2 when Two) in one pass over the rows × cols column-major M.
+template <bool Two, class T>
+inline void matvec_pass(const T* __restrict m, Index rows, Index cols, const T* x1,
+                        const T* x2, T* __restrict y1, T* __restrict y2) {
   Index r = 0;
-  for (; r + 64 <= rows; r += 64) dual_matvec_block<64>(m + r, rows, cols, x1, x2, y1 + r, y2 + r);
-  if (r + 32 <= rows) dual_matvec_block<32>(m + r, rows, cols, x1, x2, y1 + r, y2 + r), r += 32;
-  if (r + 16 <= rows) dual_matvec_block<16>(m + r, rows, cols, x1, x2, y1 + r, y2 + r), r += 16;
-  if (r + 8 <= rows) dual_matvec_block<8>(m + r, rows, cols, x1, x2, y1 + r, y2 + r), r += 8;
+  for (; r + 64 <= rows; r += 64) matvec_block<64, Two>(m + r, rows, cols, x1, x2, y1 + r, y2 + r);
+  if (r + 32 <= rows) matvec_block<32, Two>(m + r, rows, cols, x1, x2, y1 + r, y2 + r), r += 32;
+  if (r + 16 <= rows) matvec_block<16, Two>(m + r, rows, cols, x1, x2, y1 + r, y2 + r), r += 16;
+  if (r + 8 <= rows) matvec_block<8, Two>(m + r, rows, cols, x1, x2, y1 + r, y2 + r), r += 8;
   for (; r < rows; ++r) {
     T a1 = 0, a2 = 0;
     for (Index j = 0; j < cols; ++j) {
       a1 += m[r + j * rows] * x1[j];
-      a2 += m[r + j * rows] * x2[j];
+      if (Two) a2 += m[r + j * rows] * x2[j];
     }
     y1[r] = a1;
-    y2[r] = a2;
+    if (Two) y2[r] = a2;
   }
+}
+
+/// y1 = M x1 and y2 = M x2, each element of M loaded once.
+template <class T>
+inline void dual_matvec(const T* m, Index rows, Index cols, const T* x1, const T* x2, T* y1, T* y2) {
+  matvec_pass<true>(m, rows, cols, x1, x2, y1, y2);
+}
+
+/// y = M x. Not bitwise equal to dual_matvec's y1 in general (the compiler may contract and
+/// schedule the two instantiations differently): paths whose results must agree bit for bit
+/// (VLA's A d with and without a key) all go through dual_matvec.
+template <class T>
+inline void matvec(const T* m, Index rows, Index cols, const T* x, T* y) {
+  matvec_pass<false, T>(m, rows, cols, x, nullptr, y, nullptr);
 }
 
 /// M += a bᵀ (rows × cols, column-major). With a = −s, b = s this is A ← A − s sᵀ, whose

@@ -36,6 +36,32 @@ Scalar unit_factor(const Eigen::MatrixBase<Derived>& x, Scalar extra = Scalar(1)
   return rules::normalize_factor<Scalar>(inv_max, (x * inv_max).squaredNorm(), extra);
 }
 
+/// SPEC 2.6's output from sq = S q (S already updated): o = sq / max(zᵀq, ε_den), or o = sq when
+/// the normaliser is off. With the normaliser on, o is homogeneous of degree 0 in q, so when S q or
+/// zᵀq overflow for huge (finite) q the output is recomputed from q/max|q| with the floor scaled to
+/// match — the same function, without an inf/inf. The common path is untouched.
+template <class Scalar, class Out>
+void finish_output(const Matrix<Scalar>& s, const Vector<Scalar>& z, const VectorCRef<Scalar>& q,
+                   const Vector<Scalar>& sq, bool normalize, Scalar denom_eps, Out&& o) {
+  if (!normalize) {
+    o = sq;
+    return;
+  }
+  const Scalar zq = z.dot(q);
+  if (std::isfinite(zq) && sq.allFinite()) {
+    o = sq / rules::output_denominator<Scalar>(zq, denom_eps);
+    return;
+  }
+  const Scalar m = q.cwiseAbs().maxCoeff();  // huge: its reciprocal is a normal number
+  const Vector<Scalar> qs = q / m;
+  const Scalar zqs = z.dot(qs);
+  // max(m·zqs, ε)  ⇒  o = S qs / zqs when m·zqs > ε, else o = S qs · (m / ε).
+  if (zqs * m > denom_eps)
+    o = (s * qs) / zqs;
+  else
+    o = (s * qs) * (m / denom_eps);
+}
+
 template <class Derived>
 void require_finite(const Eigen::MatrixBase<Derived>& x, const char* what) {
   if (!x.allFinite()) throw std::invalid_argument(std::string("vla: ") + what + " has a non-finite entry");
