@@ -88,7 +88,7 @@ using GeometryOf = Geometry<DK, DV, Op::uses_A>;
 /// Shared memory of the forward kernel, for a chunk of C tokens. Offsets in bytes, 16-byte aligned.
 ///   raw tokens (In, one buffer):            q[C][DK] k[C][DK] (u[C][DK]) v[C][DV]
 ///   prepared (float, two buffers):          q, k̂ (or k), (û), v, then den, beta, kq, refresh flag
-///   α̂ (float, two buffers, VLA):           [C][DK] and α̂ᵀq [C]
+///   α (float, two buffers, VLA):            [C][DK] and per A warp (Σα², Σαq, max|α|) [C][NA][4]
 ///   outputs (float, two buffers):           [C][DV];  scratch zⱼqⱼ [C][DK];  w/y [2][2][DK] (VLA)
 template <class Op, class In, int DK, int DV>
 struct SmemLayout {
@@ -109,10 +109,12 @@ struct SmemLayout {
   __host__ __device__ std::size_t p_kq(int b) const { return p_beta(b) + c4(); }
   __host__ __device__ std::size_t p_rf(int b) const { return p_kq(b) + c4(); }
   // further float regions, after the two prepared buffers
-  __host__ __device__ std::size_t f_al(int b) const { return 2 * prep_floats() + b * (std::size_t(C) * DK + c4()); }
-  __host__ __device__ std::size_t f_aq(int b) const { return f_al(b) + std::size_t(C) * DK; }
+  static constexpr int NA = Op::uses_A ? DK / 8 : 0;  // A warps (Geometry::NA)
+  __host__ __device__ std::size_t al_floats() const { return std::size_t(C) * DK + std::size_t(C) * NA * 4; }
+  __host__ __device__ std::size_t f_al(int b) const { return 2 * prep_floats() + b * al_floats(); }
+  __host__ __device__ std::size_t f_part(int b) const { return f_al(b) + std::size_t(C) * DK; }
   __host__ __device__ std::size_t f_o(int b) const {
-    return 2 * prep_floats() + (Op::uses_A ? 2 * (std::size_t(C) * DK + c4()) : 0) + b * std::size_t(C) * DV;
+    return 2 * prep_floats() + (Op::uses_A ? 2 * al_floats() : 0) + b * std::size_t(C) * DV;
   }
   __host__ __device__ std::size_t f_p() const { return f_o(2); }
   __host__ __device__ std::size_t f_w() const { return f_p() + std::size_t(C) * DK; }
@@ -328,64 +330,31 @@ struct Recurrence {
     }
   }
 
-  /// The A-scan of ntok prepared tokens (A warps): writes α̂ (al[τ][DK]) and α̂ᵀq (aq[τ]).
+  /// The A-scan of ntok prepared tokens (A warps). Per token it writes α = A_new k̂ (al[τ][DK],
+  /// not normalised) and, per A warp, the partial sums (Σα², Σαq, max|α|) over that warp's 8
+  /// columns (part[τ][warp]); the S warps finish ‖α‖ (vla/cuda/README.md). Only A, δ and s are on
+  /// the A chain; α is computed once, one column per lane of the first 8 lanes of each A warp.
   /// wy: [2][2][DK] scratch for w = A û and y = A k̂, double-buffered by `parity`.
-  /// ‖α‖ and α̂ᵀq of token τ are finished during token τ+1 (they are not on the A chain). With few
-  /// columns per lane (GA ≤ 4) α is carried in registers; otherwise it is recomputed from w, y.
-  __device__ void a_scan(const Prep& p, float* al, float* aqo, float* wy, int ntok, float stab_eps) {
-    constexpr bool kCarry = G::GA <= 4;
-    float4 alp[kCarry ? G::GA : 1];  // α of the previous token (this thread's columns)
-    float ssp = 0.f, aqp = 0.f, mxp = 0.f;
-    float pisd = 0.f, pc = 0.f, pr = 0.f;  // the previous token's 1/√δ, sᵀk̂ and refresh
-    auto alpha_at = [&](int m, int tau, float isd, float c, float r) {  // α over column group m (recomputed)
-      const int col = colA(m, cA);
-      const float* wb = wy + ((parity ^ 1) & 1) * 2 * DK;  // the previous token's buffer
-      const float4 W = ld4(wb + col), Y = ld4(wb + DK + col), K = ld4(p.kh + tau * DK + col);
-      return make_float4(fmaf(r, K.x, fmaf(-(W.x * isd), c, Y.x)), fmaf(r, K.y, fmaf(-(W.y * isd), c, Y.y)),
-                         fmaf(r, K.z, fmaf(-(W.z * isd), c, Y.z)), fmaf(r, K.w, fmaf(-(W.w * isd), c, Y.w)));
-    };
-    auto finish = [&](int tau) {
-      const float ss = group_sum<G::LA>(ssp), aq = group_sum<G::LA>(aqp), mx = group_max<G::LA>(mxp);
-      const float im = rules::inverse_max<float>(mx);
-      float scaled = ss * im * im;
-      if (im != 0.f && !(ss > 1e-30f && ss < 1e30f)) {  // rare: Σα² under/overflowed; rescale first
-        float s2 = 0.f;
-#pragma unroll
-        for (int m = 0; m < G::GA; ++m) {
-          const float4 x = kCarry ? alp[m % (kCarry ? G::GA : 1)] : alpha_at(m, tau, pisd, pc, pr);
-          const float x0 = x.x * im, x1 = x.y * im, x2 = x.z * im, x3 = x.w * im;
-          s2 += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3;
-        }
-        scaled = group_sum<G::LA>(s2);
-      }
-      const float f = rules::normalize_factor<float>(im, scaled);  // α̂ = f α; 0: α counts as zero
-      if (rowA == 0) {  // every row group holds all of α; the first one writes it
-#pragma unroll
-        for (int m = 0; m < G::GA; ++m) {
-          const float4 x = kCarry ? alp[m % (kCarry ? G::GA : 1)] : alpha_at(m, tau, pisd, pc, pr);
-          st4(al + tau * DK + colA(m, cA), make_float4(f * x.x, f * x.y, f * x.z, f * x.w));
-        }
-        if (cA == 0) aqo[tau] = f * aq;
-      }
-    };
+  __device__ void a_scan(const Prep& p, float* al, float4* part, float* wy, int ntok, float stab_eps) {
+    constexpr bool kKeep = G::GA <= 4;  // keep û, k̂ and w of this thread's columns in registers
     for (int tau = 0; tau < ntok; ++tau) {
       const float* uh = p.uh + tau * DK;
       const float* kh = p.kh + tau * DK;
-      const float* qf = p.qf + tau * DK;
       // w_i = (A û)_i, y_i = (A k̂)_i: partials over this thread's columns, in two chains each
+      float4 U[kKeep ? G::GA : 1], K[kKeep ? G::GA : 1];
       float pw0 = 0.f, pw1 = 0.f, py0 = 0.f, py1 = 0.f;
 #pragma unroll
       for (int m = 0; m < G::GA; ++m) {
-        const float4 U = ld4(uh + colA(m, cA)), K = ld4(kh + colA(m, cA));
+        const float4 u4 = ld4(uh + colA(m, cA)), k4 = ld4(kh + colA(m, cA));
+        if (kKeep) U[m % (kKeep ? G::GA : 1)] = u4, K[m % (kKeep ? G::GA : 1)] = k4;
         if (m & 1) {
-          pw1 = dot4(a[m], U, pw1);
-          py1 = dot4(a[m], K, py1);
+          pw1 = dot4(a[m], u4, pw1);
+          py1 = dot4(a[m], k4, py1);
         } else {
-          pw0 = dot4(a[m], U, pw0);
-          py0 = dot4(a[m], K, py0);
+          pw0 = dot4(a[m], u4, pw0);
+          py0 = dot4(a[m], k4, py0);
         }
       }
-      if (tau > 0) finish(tau - 1);  // the previous token's norm, while the FMAs above retire
       const float pw = group_sum<G::LA>(pw0 + pw1), py = group_sum<G::LA>(py0 + py1);
       float* wb = wy + parity * 2 * DK;
       float* yb = wb + DK;
@@ -395,20 +364,21 @@ struct Recurrence {
       }
       named_sync(BAR_A, 32 * G::NA);  // w and y complete (double-buffered: one barrier a step)
 
-      float4 W[kCarry ? G::GA : 1];
+      float4 W[kKeep ? G::GA : 1];
       float uw0 = 0.f, uw1 = 0.f, kw0 = 0.f, kw1 = 0.f;
 #pragma unroll
       for (int m = 0; m < G::GA; ++m) {
         const int col = colA(m, cA);
         const float4 w4 = ld4(wb + col);
-        if (kCarry) W[m % (kCarry ? G::GA : 1)] = w4;
-        const float4 U = ld4(uh + col), K = ld4(kh + col);
+        const float4 u4 = kKeep ? U[m % (kKeep ? G::GA : 1)] : ld4(uh + col);
+        const float4 k4 = kKeep ? K[m % (kKeep ? G::GA : 1)] : ld4(kh + col);
+        if (kKeep) W[m % (kKeep ? G::GA : 1)] = w4;
         if (m & 1) {
-          uw1 = dot4(U, w4, uw1);
-          kw1 = dot4(K, w4, kw1);
+          uw1 = dot4(u4, w4, uw1);
+          kw1 = dot4(k4, w4, kw1);
         } else {
-          uw0 = dot4(U, w4, uw0);
-          kw0 = dot4(K, w4, kw0);
+          uw0 = dot4(u4, w4, uw0);
+          kw0 = dot4(k4, w4, kw0);
         }
       }
       const float uw = group_sum<G::LA>(uw0 + uw1), kw = group_sum<G::LA>(kw0 + kw1);
@@ -417,25 +387,14 @@ struct Recurrence {
       const float c = kw * isd;  // sᵀk̂ with s = w/√δ
       const float r = p.rf[tau];
       const float si = wb[rowA] * isd;
-      ssp = 0.f, aqp = 0.f, mxp = 0.f;
+      // A ← A − s sᵀ (+ r I): s_i s_j == s_j s_i keeps A exactly symmetric
 #pragma unroll
       for (int m = 0; m < G::GA; ++m) {
-        const int col = colA(m, cA);
-        const float4 w4 = kCarry ? W[m % (kCarry ? G::GA : 1)] : ld4(wb + col);
-        const float4 Y = ld4(yb + col), K = ld4(kh + col), Q = ld4(qf + col);
-        const float4 sj = make_float4(w4.x * isd, w4.y * isd, w4.z * isd, w4.w * isd);
-        // A ← A − s sᵀ: s_i s_j == s_j s_i keeps A exactly symmetric
-        a[m].x = fmaf(-si, sj.x, a[m].x);
-        a[m].y = fmaf(-si, sj.y, a[m].y);
-        a[m].z = fmaf(-si, sj.z, a[m].z);
-        a[m].w = fmaf(-si, sj.w, a[m].w);
-        // α = A_new k̂ = y − s (sᵀk̂) + r k̂
-        const float4 x = make_float4(fmaf(r, K.x, fmaf(-sj.x, c, Y.x)), fmaf(r, K.y, fmaf(-sj.y, c, Y.y)),
-                                     fmaf(r, K.z, fmaf(-sj.z, c, Y.z)), fmaf(r, K.w, fmaf(-sj.w, c, Y.w)));
-        if (kCarry) alp[m % (kCarry ? G::GA : 1)] = x;
-        ssp = dot4(x, x, ssp);
-        aqp = dot4(x, Q, aqp);
-        mxp = fmaxf(mxp, fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))));
+        const float4 w4 = kKeep ? W[m % (kKeep ? G::GA : 1)] : ld4(wb + colA(m, cA));
+        a[m].x = fmaf(-si, w4.x * isd, a[m].x);
+        a[m].y = fmaf(-si, w4.y * isd, a[m].y);
+        a[m].z = fmaf(-si, w4.z * isd, a[m].z);
+        a[m].w = fmaf(-si, w4.w * isd, a[m].w);
       }
       if (r != 0.f) {  // refresh step (uniform): A ← A + r I after the rank-1 update
 #pragma unroll
@@ -447,26 +406,40 @@ struct Recurrence {
           if (col + 3 == rowA) a[m].w += r;
         }
       }
-      pisd = isd, pc = c, pr = r;
+      // α_j = (A_new k̂)_j = y_j − s_j (sᵀk̂) + r k̂_j for this warp's 8 columns (off the A chain)
+      {
+        const int j = warp * 8 + (lane & 7);
+        const float x = lane < 8 ? fmaf(r, kh[j], fmaf(-(wb[j] * isd), c, yb[j])) : 0.f;
+        float ss = x * x, aq = x * p.qf[tau * DK + j], mx = fabsf(x);
+#pragma unroll
+        for (int o = 4; o > 0; o >>= 1) {
+          ss += __shfl_xor_sync(0xffffffffu, ss, o);
+          aq += __shfl_xor_sync(0xffffffffu, aq, o);
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        }
+        if (lane < 8) al[tau * DK + j] = x;
+        if (lane == 0) part[tau * G::NA + warp] = make_float4(ss, aq, mx, 0.f);
+      }
       parity ^= 1;
     }
-    if (ntok > 0) finish(ntok - 1);
   }
 
   /// The S-scan of ntok prepared tokens (S warps): S ← S + e xᵀ and the outputs into o[τ][DV].
-  /// x is α̂ (VLA, from the A-scan) or k̂ / k (the baselines).
-  __device__ void s_scan(const Prep& p, const float* al, const float* aqi, float* o, int ntok) {
+  /// x is α̂ = f α (VLA: α and the A warps' partial sums from the A-scan; f by the shared rules)
+  /// or k̂ / k (the baselines).
+  __device__ void s_scan(const Prep& p, const float* al, const float4* part, float* o, int ntok) {
+    constexpr bool kHold = G::GS <= 4 || G::NT <= 512;  // keep x in registers, else reload it
     for (int tau = 0; tau < ntok; ++tau) {
       const float* kh = p.kh + tau * DK;
       const float* qf = p.qf + tau * DK;
-      constexpr bool kHold = G::GS <= 4;  // keep the write direction in registers, else reload it
+      const float* xs = kVla ? al + tau * DK : kh;
       float ps0 = 0.f, ps1 = 0.f, pq0 = 0.f, pq1 = 0.f;
       float4 X[kHold ? G::GS : 1];
 #pragma unroll
       for (int m = 0; m < G::GS; ++m) {
         const int col = colS(m, cS);
         const float4 K = ld4(kh + col), Q = ld4(qf + col);
-        if (kHold) X[m % (kHold ? G::GS : 1)] = kVla ? ld4(al + tau * DK + col) : K;
+        if (kHold) X[m % (kHold ? G::GS : 1)] = kVla ? ld4(xs + col) : K;
         if (m & 1) {
           ps1 = dot4(s[m], K, ps1);
           pq1 = dot4(s[m], Q, pq1);
@@ -475,22 +448,49 @@ struct Recurrence {
           pq0 = dot4(s[m], Q, pq0);
         }
       }
+      // VLA: f with α̂ = f α from Σα² and max|α| (rules::inverse_max / normalize_factor), and α̂ᵀq.
+      float f = 1.f, xq = 0.f;
+      if (kVla) {
+        float ss = 0.f, aq = 0.f, mx = 0.f;
+#pragma unroll
+        for (int w = 0; w < G::NA; ++w) {
+          const float4 pt = part[tau * G::NA + w];
+          ss += pt.x;
+          aq += pt.y;
+          mx = fmaxf(mx, pt.z);
+        }
+        const float im = rules::inverse_max<float>(mx);
+        float scaled = ss * im * im;
+        if (im != 0.f && !(ss > 1e-30f && ss < 1e30f)) {  // rare: Σα² under/overflowed; rescale first
+          float s2 = 0.f;
+#pragma unroll
+          for (int m = 0; m < G::GS; ++m) {
+            const float4 x = ld4(xs + colS(m, cS));
+            const float x0 = x.x * im, x1 = x.y * im, x2 = x.z * im, x3 = x.w * im;
+            s2 += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3;
+          }
+          scaled = group_sum<G::LS>(s2);
+        }
+        f = rules::normalize_factor<float>(im, scaled);  // 0: α counts as zero, nothing is written
+        xq = f * aq;
+      } else {
+        xq = p.kq[tau];
+      }
       const float ps = group_sum<G::LS>(ps0 + ps1), pq = group_sum<G::LS>(pq0 + pq1);
       const float vi = p.vf[tau * DV + rowS];
       // VLA: e = v − S k̂;  DeltaNet: e = β (v − S k̂);  linear attention: e = v
       const float e = kVla ? vi - ps : (kDelta ? (vi - ps) * p.beta[tau] : vi);
+      const float ef = kVla ? e * f : e;
 #pragma unroll
       for (int m = 0; m < G::GS; ++m) {
-        const int col = colS(m, cS);
-        const float4 x = kHold ? X[m % (kHold ? G::GS : 1)] : ld4((kVla ? al + tau * DK : kh) + col);
-        s[m].x = fmaf(e, x.x, s[m].x);
-        s[m].y = fmaf(e, x.y, s[m].y);
-        s[m].z = fmaf(e, x.z, s[m].z);
-        s[m].w = fmaf(e, x.w, s[m].w);
+        const float4 x = kHold ? X[m % (kHold ? G::GS : 1)] : ld4(xs + colS(m, cS));
+        s[m].x = fmaf(ef, x.x, s[m].x);
+        s[m].y = fmaf(ef, x.y, s[m].y);
+        s[m].z = fmaf(ef, x.z, s[m].z);
+        s[m].w = fmaf(ef, x.w, s[m].w);
       }
       if (cS == 0) {
-        const float corr = kVla ? aqi[tau] : p.kq[tau];  // xᵀq: S_new q = S q + e (xᵀq)
-        const float out = fmaf(e, corr, pq);
+        const float out = fmaf(e, xq, pq);  // S_new q = S q + e (xᵀq)
         o[tau * DV + rowS] = kZ ? out / p.den[tau] : out;
       }
     }
@@ -601,7 +601,8 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
     if (rc.is_a) {
       if (kVla && it < nchunks) {
         const int b = static_cast<int>(it & 1);
-        rc.a_scan(prep_view(fs, lay, b), fs + lay.f_al(b), fs + lay.f_aq(b), fs + lay.f_w(), ntok_of(it), p.stab_eps);
+        rc.a_scan(prep_view(fs, lay, b), fs + lay.f_al(b), reinterpret_cast<float4*>(fs + lay.f_part(b)), fs + lay.f_w(),
+                  ntok_of(it), p.stab_eps);
       }
     } else {
       const std::int64_t cs = it - LAG;  // the chunk the S-scan takes
@@ -610,7 +611,8 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
                               ntok_of(cs - 1), rc.st, G::NST);
       if (cs >= 0) {
         const int b = static_cast<int>(cs & 1);
-        rc.s_scan(prep_view(fs, lay, b), fs + lay.f_al(b), fs + lay.f_aq(b), fs + lay.f_o(b), ntok_of(cs));
+        rc.s_scan(prep_view(fs, lay, b), fs + lay.f_al(b), reinterpret_cast<const float4*>(fs + lay.f_part(b)),
+                  fs + lay.f_o(b), ntok_of(cs));
       }
       if (it + 1 < nchunks) {
         named_sync(R::BAR_S, G::NST);  // every S warp is done with the buffer being refilled
@@ -655,10 +657,16 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) decode_kernel(c
     const std::int64_t sidx = p.state_index[pair / H];
     return (sidx < 0 || sidx >= p.pool_size) ? -1 : sidx * H + pair % H;
   };
+  // The slot of the next pair to stage is loaded one stage ahead, so no stage waits on it.
+  const std::int64_t stride = gridDim.x;
+  std::int64_t next_slot = blockIdx.x < p.pairs ? slot_of(blockIdx.x) : -1;
+  std::int64_t slot_in[2] = {-1, -1};  // the slot held by each stage (−1: nothing to step)
   // Stage pair's state and token into stage sg (all threads), one commit group.
   auto stage = [&](std::int64_t pair, int sg) {
+    const std::int64_t slot = pair < p.pairs ? next_slot : -1;
+    if (sg == 0) slot_in[0] = slot; else slot_in[1] = slot;
+    next_slot = pair + stride < p.pairs ? slot_of(pair + stride) : -1;
     if (pair < p.pairs) {
-      const std::int64_t slot = slot_of(pair);
       if (slot >= 0) {
         unsigned char* base = smem + D::stage(sg);
         if (kVla)
@@ -690,7 +698,6 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) decode_kernel(c
     cp_async_commit();
   };
 
-  const std::int64_t stride = gridDim.x;
   std::int64_t pair = blockIdx.x;
   for (int sg = 0; sg < D::NSTAGE; ++sg) stage(pair + sg * stride, sg);
   for (int i = 0; pair < p.pairs; ++i, pair += stride) {
@@ -700,7 +707,7 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) decode_kernel(c
     else
       cp_async_wait_all();
     __syncthreads();  // stage sg landed; the previous pair is finished with the one-token buffers
-    const std::int64_t slot = slot_of(pair);
+    const std::int64_t slot = sg ? slot_in[1] : slot_in[0];
     if (slot >= 0) {
       const unsigned char* base = smem + D::stage(sg);
       const float* Ast = reinterpret_cast<const float*>(base + D::off_A());
@@ -722,12 +729,12 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) decode_kernel(c
       __syncthreads();  // stage sg consumed (state in registers, token prepared)
       stage(pair + D::NSTAGE * stride, sg);
       if (rc.is_a) {
-        rc.a_scan(pv, fs + lay.f_al(0), fs + lay.f_aq(0), fs + lay.f_w(), 1, p.stab_eps);
+        rc.a_scan(pv, fs + lay.f_al(0), reinterpret_cast<float4*>(fs + lay.f_part(0)), fs + lay.f_w(), 1, p.stab_eps);
         rc.store_state(p.A1 + slot * DK * DK, nullptr, nullptr);
       }
       __syncthreads();  // α̂ ready
       if (!rc.is_a) {
-        rc.s_scan(pv, fs + lay.f_al(0), fs + lay.f_aq(0), fs + lay.f_o(0), 1);
+        rc.s_scan(pv, fs + lay.f_al(0), reinterpret_cast<const float4*>(fs + lay.f_part(0)), fs + lay.f_o(0), 1);
         rc.store_state(nullptr, p.S1 + slot * DV * DK, Op::uses_z ? p.z1 + slot * DK : nullptr);
         if (kVla && rc.st == 0) p.steps1[slot] = t0 + 1;
         named_sync(R::BAR_S, G::NST);
