@@ -1,7 +1,7 @@
 // bench/gpu/bench_vla_gpu.cu — GPU timings of the fused recurrent kernels (CUDA events, warm-up,
 // median of repeats; see bench/gpu/RESULTS.md). No Google Benchmark: the GPU machine has none.
 //
-//   vla_gpu_bench [--quick] [--csv FILE]
+//   vla_gpu_bench [--quick] [--only-decode | --only-forward] [--csv FILE]
 //
 // Forward: VLA, linear attention and DeltaNet, bf16 tokens, d = 64, at B = 8, H = 16 and at the
 // paper's B = 4, H = 1, T ∈ {1k, 4k, 16k, 64k}. Decode: head-steps/s for B·H ∈ {1k, 16k}, states in
@@ -33,6 +33,16 @@ namespace {
   } while (0)
 
 using In = __nv_bfloat16;
+
+#ifndef VLA_BENCH_TAG
+#define VLA_BENCH_TAG ""
+#endif
+// "ours_<op>" in the CSV, or "ours_<op>@<tag>" for a variant build (cmake VLA_GPU_VARIANTS).
+std::string op_key(const char* op) {
+  std::string k = std::string("ours_") + op;
+  if (VLA_BENCH_TAG[0]) k += std::string("@") + VLA_BENCH_TAG;
+  return k;
+}
 
 __device__ inline float hash01(std::uint64_t i, std::uint32_t seed) {
   std::uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;
@@ -145,7 +155,7 @@ void bench_forward(bool quick) {
       const float ts[] = {t_vla, t_la, t_dn};
       for (int i = 0; i < 3; ++i)
         if (g_csv)
-          std::fprintf(g_csv, "forward,ours_%s,%d,%d,%lld,%d,bf16,%.6f,%.1f\n", names[i], B, H, (long long)T, d, ts[i],
+          std::fprintf(g_csv, "forward,%s,%d,%d,%lld,%d,bf16,%.6f,%.1f\n", op_key(names[i]).c_str(), B, H, (long long)T, d, ts[i],
                        B * T / (ts[i] * 1e-3));
       std::fflush(stdout);
     }
@@ -155,8 +165,10 @@ void bench_forward(bool quick) {
       const std::int64_t T = quick ? 4096 : 16384;
       a.batch = B, a.seq_len = T, a.heads = H, a.dk = d, a.dv = d;
       a.q = q, a.k = k, a.v = v, a.u = u, a.beta = beta, a.o = o;
-      std::printf("   chunk sweep (vla, B=%d H=%d T=%lld):", B, H, (long long)T);
-      for (int c : {16, 32, 64, 128}) std::printf("  C=%d %.3f ms", c, forward_ms<vla::op::Vla>(a, c));
+      std::printf("   chunk sweep (B=%d H=%d T=%lld), ms:", B, H, (long long)T);
+      for (int c : {16, 32, 64}) std::printf("  vla C=%d %.3f", c, forward_ms<vla::op::Vla>(a, c));
+      for (int c : {16, 32, 64}) std::printf("  la C=%d %.3f", c, forward_ms<vla::op::LinearAttention>(a, c));
+      for (int c : {16, 32, 64}) std::printf("  dn C=%d %.3f", c, forward_ms<vla::op::DeltaNet>(a, c));
       std::printf("\n");
     }
     cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(u), cudaFree(o), cudaFree(beta);
@@ -226,7 +238,7 @@ void bench_decode_op(std::int64_t B, std::int64_t H, int d, float copy_GBps) {
   std::printf("%-18s B·H %-6lld | %8.2f us/step | %8.3f G head-steps/s | %7.0f GB/s | %5.1f %% of copy\n", Op::name,
               (long long)heads, ms * 1e3, heads / (ms * 1e-3) / 1e9, gbps, 100.0 * gbps / copy_GBps);
   if (g_csv)
-    std::fprintf(g_csv, "decode,ours_%s,%lld,%lld,1,%d,bf16,%.6f,%.1f,%.1f,%.4f\n", Op::name, (long long)B, (long long)H, d,
+    std::fprintf(g_csv, "decode,%s,%lld,%lld,1,%d,bf16,%.6f,%.1f,%.1f,%.4f\n", op_key(Op::name).c_str(), (long long)B, (long long)H, d,
                  ms, heads / (ms * 1e-3), gbps, gbps / copy_GBps);
   for (auto p : idx) cudaFree(p);
   cudaFree(A), cudaFree(S), cudaFree(z), cudaFree(steps);
@@ -246,9 +258,11 @@ void bench_decode(float copy_GBps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, do_decode = true, do_forward = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--only-decode")) do_forward = false;
+    if (!std::strcmp(argv[i], "--only-forward")) do_decode = false;
     if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) g_csv = std::fopen(argv[++i], "w");
   }
   int n = 0;
@@ -258,12 +272,14 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+  std::printf("device: %s, %d SMs, %.0f MB L2; kernels: %s (VLA_CUDA_VLA_S_BUDGET=%d, VLA_CUDA_DECODE_MIN_BLOCKS=%d)\n",
+              prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6, VLA_BENCH_TAG[0] ? VLA_BENCH_TAG : "default",
+              VLA_CUDA_VLA_S_BUDGET, VLA_CUDA_DECODE_MIN_BLOCKS);
   const float copy = copy_bandwidth_GBps();
   std::printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", copy);
   if (g_csv) std::fprintf(g_csv, "copy,cudaMemcpyD2D,0,0,0,0,-,0,0,%.1f,1\n", copy);
-  bench_decode(copy);
-  bench_forward(quick);
+  if (do_decode) bench_decode(copy);
+  if (do_forward) bench_forward(quick);
   if (g_csv) std::fclose(g_csv);
   return 0;
 }

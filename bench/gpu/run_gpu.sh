@@ -26,7 +26,7 @@ command -v ninja >/dev/null && gen=(-G Ninja)
 echo "== configure + build (sm_90)"
 t0=$(date +%s)
 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DVLA_ENABLE_CUDA=ON -DVLA_BUILD_CUDA_TESTS=ON -DVLA_BUILD_GPU_BENCH=ON \
+  -DVLA_ENABLE_CUDA=ON -DVLA_BUILD_CUDA_TESTS=ON -DVLA_BUILD_GPU_BENCH=ON -DVLA_GPU_VARIANTS=${VLA_GPU_VARIANTS:-ON} \
   -DVLA_BUILD_TESTS=OFF -DVLA_BUILD_BENCH=OFF -DVLA_BUILD_EXAMPLES=OFF -DVLA_BUILD_EXPERIMENTS=OFF \
   "${prefix_args[@]}" >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 cmake --build "$build" -j"$(nproc)" >>"$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
@@ -41,10 +41,14 @@ grep -E "tests passed|tests failed|Failed|Skipped|FAILED|REQUIRE|CHECK\(" "$out/
 
 echo "== benches: vla kernels"
 timeout 150 "$build/bench/gpu/vla_gpu_bench" $quick --csv "$out/ours.csv" 2>&1 | tee "$out/bench.log"
+if [ -x "$build/bench/gpu/vla_gpu_bench_v1" ]; then
+  echo "== benches: variant kernels (v1)"
+  timeout 150 "$build/bench/gpu/vla_gpu_bench_v1" $quick --csv "$out/ours_v1.csv" 2>&1 | tee -a "$out/bench.log"
+fi
 echo "== benches: peers"
-timeout 200 python3 "$root/bench/gpu/peers.py" $quick --csv "$out/peers.csv" 2>&1 | tee "$out/peers.log"
+timeout 200 python3 "$root/bench/gpu/peers.py" $quick --csv "$out/peers.csv" 2>&1
 
-python3 "$root/bench/gpu/table.py" "$out/ours.csv" "$out/peers.csv" | tee "$out/table.md"
+python3 "$root/bench/gpu/table.py" "$out/ours.csv" "$out/ours_v1.csv" "$out/peers.csv" | tee "$out/table.md"
 echo
 echo "tests: $([ $test_rc = 0 ] && echo PASSED || echo "FAILED (rc $test_rc, see $out/tests.log)")"
 exit $test_rc

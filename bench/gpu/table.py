@@ -41,6 +41,16 @@ def main(paths):
         step = "-" if vla is None else f"{vla * 1e3 / T:.3f}"
         print(f"| {B} | {H} | {T} | " + " | ".join(cells) + f" | {ratio('fla_fused_recurrent_delta_rule', 'ours_vla')} | "
               f"{ratio('fla_fused_recurrent_delta_rule', 'ours_deltanet')} | {ratio('sdpa_causal_bf16', 'ours_vla')} | {step} |")
+    variants = sorted({k[0].split("@", 1)[1] for k in fwd if "@" in k[0]})
+    for tag in variants:
+        print(f"\n## Variant '{tag}' vs default (same run): median ms, ratio default/variant (> 1 = variant faster)")
+        print("| op | B | H | T | default | variant | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for (key, B, H, T), ms in sorted(fwd.items()):
+            if key.endswith("@" + tag):
+                base = fwd.get((key.split("@")[0], B, H, T))
+                if base:
+                    print(f"| {key.split('@')[0].replace('ours_', '')} | {B} | {H} | {T} | {base:.3f} | {ms:.3f} | {base / ms:.2f}× |")
     dec = [r for r in rows if r[0] == "decode"]
     copy = [r for r in rows if r[0] == "copy"]
     if dec:

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -91,20 +92,69 @@ Status scan_inputs(const In* const* bufs, const std::int64_t* counts, const char
 /// Default tokens per chunk for head dims (dk, dv).
 inline int default_chunk(std::int64_t dk, std::int64_t dv) { return std::max(dk, dv) <= 64 ? 32 : 16; }
 
-inline Status device_limits(int& optin_smem, int& sms) {
+/// What a launch needs to know about the current device, queried once per device and cached
+/// (the queries cost microseconds, a decode step itself only a few).
+struct DeviceInfo {
+  int optin_smem = 0, sms = 0;
+};
+inline Status device_info(DeviceInfo& out) {
+  constexpr int kMaxDevices = 64;
+  static DeviceInfo cache[kMaxDevices];
+  static std::atomic<bool> known[kMaxDevices];
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  return Status::from_cuda(e, "vla::cuda: querying the device");
+  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: cudaGetDevice");
+  if (device >= 0 && device < kMaxDevices && known[device].load(std::memory_order_acquire)) {
+    out = cache[device];
+    return {};
+  }
+  DeviceInfo d;
+  e = cudaDeviceGetAttribute(&d.optin_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: querying the device");
+  if (device >= 0 && device < kMaxDevices) {
+    cache[device] = d;  // idempotent: racing writers store the same values
+    known[device].store(true, std::memory_order_release);
+  }
+  out = d;
+  return {};
 }
 
-template <class Kernel>
-Status allow_smem(Kernel kernel, std::size_t smem) {
-  if (smem <= 48 * 1024) return {};
-  return Status::from_cuda(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-      "vla::cuda: cudaFuncSetAttribute");
+/// Names one kernel instantiation (its cache below is per instantiation, not per signature).
+template <class Op, class In, int DK, int DV, int Kind>
+struct KernelTag {};
+
+/// Per kernel and device: the dynamic shared memory it has been allowed (cudaFuncSetAttribute) and
+/// how many of its CTAs fit on an SM with that much. Set once per (kernel, device, size).
+template <class Tag, class Kernel>
+Status prepare_kernel(Kernel kernel, int threads, std::size_t smem, int* per_sm = nullptr) {
+  constexpr int kMaxDevices = 64;
+  struct Entry {
+    std::atomic<std::size_t> smem{0};
+    std::atomic<int> per_sm{0};
+  };
+  static Entry cache[kMaxDevices];
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: cudaGetDevice");
+  Entry* entry = (device >= 0 && device < kMaxDevices) ? &cache[device] : nullptr;
+  if (entry && entry->smem.load(std::memory_order_acquire) == smem + 1) {
+    if (per_sm) *per_sm = entry->per_sm.load(std::memory_order_relaxed);
+    return {};
+  }
+  if (smem > 48 * 1024) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: cudaFuncSetAttribute");
+  }
+  int n = 0;
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem);
+  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: occupancy query");
+  if (entry) {
+    entry->per_sm.store(n, std::memory_order_relaxed);
+    entry->smem.store(smem + 1, std::memory_order_release);
+  }
+  if (per_sm) *per_sm = n;
+  return {};
 }
 
 /// Launches the forward kernel for op Op on (DK, DV): one CTA per (sequence, head). p.chunk must
@@ -115,15 +165,15 @@ Status launch_recurrent(RecurrentParams<In> p, std::int64_t blocks, cudaStream_t
   using Lay = SmemLayout<Op, In, DK, DV>;
   if (blocks == 0) return {};
   if (blocks > 0x7fffffffLL) return Status::invalid("vla::cuda: batch × heads exceeds the grid limit (2^31 − 1)");
-  int optin = 0, sms = 0;
-  Status st = device_limits(optin, sms);
+  DeviceInfo dev;
+  Status st = device_info(dev);
   if (!st) return st;
-  while (p.chunk > 1 && Lay(p.chunk).bytes() > static_cast<std::size_t>(optin)) p.chunk /= 2;
+  while (p.chunk > 1 && Lay(p.chunk).bytes() > static_cast<std::size_t>(dev.optin_smem)) p.chunk /= 2;
   const std::size_t smem = Lay(p.chunk).bytes();
-  if (smem > static_cast<std::size_t>(optin))
+  if (smem > static_cast<std::size_t>(dev.optin_smem))
     return Status::invalid("vla::cuda: the kernel needs more shared memory than this device offers");
   auto kernel = &recurrent_kernel<Op, In, DK, DV>;
-  st = allow_smem(kernel, smem);
+  st = prepare_kernel<KernelTag<Op, In, DK, DV, 0>>(kernel, G::NT, smem);
   if (!st) return st;
   kernel<<<static_cast<unsigned>(blocks), G::NT, smem, stream>>>(p);
   return Status::from_cuda(cudaGetLastError(), "vla::cuda: kernel launch");
@@ -135,20 +185,17 @@ Status launch_decode(RecurrentParams<In> p, cudaStream_t stream) {
   using G = GeometryOf<Op, DK, DV>;
   using D = DecodeLayout<Op, In, DK, DV>;
   if (p.pairs == 0) return {};
-  int optin = 0, sms = 0;
-  Status st = device_limits(optin, sms);
+  DeviceInfo dev;
+  Status st = device_info(dev);
   if (!st) return st;
   const std::size_t smem = D::bytes();
-  if (smem > static_cast<std::size_t>(optin))
+  if (smem > static_cast<std::size_t>(dev.optin_smem))
     return Status::invalid("vla::cuda: the decode kernel needs more shared memory than this device offers");
   auto kernel = &decode_kernel<Op, In, DK, DV>;
-  st = allow_smem(kernel, smem);
-  if (!st) return st;
   int per_sm = 0;
-  st = Status::from_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, G::NT, smem),
-                         "vla::cuda: occupancy query");
+  st = prepare_kernel<KernelTag<Op, In, DK, DV, 1>>(kernel, G::NT, smem, &per_sm);
   if (!st) return st;
-  const std::int64_t blocks = std::min<std::int64_t>(p.pairs, std::int64_t(std::max(per_sm, 1)) * sms);
+  const std::int64_t blocks = std::min<std::int64_t>(p.pairs, std::int64_t(std::max(per_sm, 1)) * dev.sms);
   kernel<<<static_cast<unsigned>(blocks), G::NT, smem, stream>>>(p);
   return Status::from_cuda(cudaGetLastError(), "vla::cuda: decode kernel launch");
 }

@@ -28,6 +28,17 @@
 #include "vla/detail/rules.hpp"
 #include "vla/cuda/detail/device_util.cuh"
 
+// Tuning knobs (compile time; the defaults are what bench/gpu/RESULTS.md measured best):
+//   VLA_CUDA_VLA_S_BUDGET       S-warp threads × rows budget for VLA at dk ≤ 64 (rows per S warp =
+//                               budget / dk, at most 32): 1024 → 4 S warps at dk = dv = 64.
+//   VLA_CUDA_DECODE_MIN_BLOCKS  CTAs per SM the decode kernel is compiled for (__launch_bounds__).
+#ifndef VLA_CUDA_VLA_S_BUDGET
+#define VLA_CUDA_VLA_S_BUDGET 1024
+#endif
+#ifndef VLA_CUDA_DECODE_MIN_BLOCKS
+#define VLA_CUDA_DECODE_MIN_BLOCKS 1
+#endif
+
 namespace vla {
 namespace cuda {
 namespace detail {
@@ -68,7 +79,8 @@ template <int DK, int DV, bool HasA>
 struct Geometry {
   static constexpr int NA = HasA ? DK / 8 : 0;
   static constexpr int RA = 8, LA = 4, CA = DK / LA, GA = CA / 4;
-  static constexpr int RS_want = HasA ? (1024 / DK < 32 ? 1024 / DK : 32) : (512 / DK < 32 ? 512 / DK : 32);
+  static constexpr int S_budget = HasA ? (DK <= 64 ? VLA_CUDA_VLA_S_BUDGET : 1024) : 512;
+  static constexpr int RS_want = S_budget / DK < 32 ? S_budget / DK : 32;
   static constexpr int RS_cap = HasA ? DV : (DV / 4 < 32 ? DV / 4 : 32);
   static constexpr int RS = RS_want < RS_cap ? RS_want : RS_cap;
   static constexpr int NS = DV / RS;
@@ -335,8 +347,9 @@ struct Recurrence {
   /// columns (part[τ][warp]); the S warps finish ‖α‖ (vla/cuda/README.md). Only A, δ and s are on
   /// the A chain; α is computed once, one column per lane of the first 8 lanes of each A warp.
   /// wy: [2][2][DK] scratch for w = A û and y = A k̂, double-buffered by `parity`.
+  template <bool kKeepAllowed = true>
   __device__ void a_scan(const Prep& p, float* al, float4* part, float* wy, int ntok, float stab_eps) {
-    constexpr bool kKeep = G::GA <= 4;  // keep û, k̂ and w of this thread's columns in registers
+    constexpr bool kKeep = kKeepAllowed && G::GA <= 4;  // keep û, k̂ and w of this thread's columns in registers
     for (int tau = 0; tau < ntok; ++tau) {
       const float* uh = p.uh + tau * DK;
       const float* kh = p.kh + tau * DK;
@@ -427,8 +440,9 @@ struct Recurrence {
   /// The S-scan of ntok prepared tokens (S warps): S ← S + e xᵀ and the outputs into o[τ][DV].
   /// x is α̂ = f α (VLA: α and the A warps' partial sums from the A-scan; f by the shared rules)
   /// or k̂ / k (the baselines).
+  template <bool kHoldAllowed = true>
   __device__ void s_scan(const Prep& p, const float* al, const float4* part, float* o, int ntok) {
-    constexpr bool kHold = G::GS <= 4 || G::NT <= 512;  // keep x in registers, else reload it
+    constexpr bool kHold = kHoldAllowed && (G::GS <= 4 || G::NT <= 512);  // keep x in registers, else reload it
     for (int tau = 0; tau < ntok; ++tau) {
       const float* kh = p.kh + tau * DK;
       const float* qf = p.qf + tau * DK;
@@ -635,7 +649,9 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
 /// The decode step: persistent CTAs, each taking (sequence, head) pairs gridDim.x apart; the state
 /// and token of the next pair(s) are staged by cp.async while the current one is stepped.
 template <class Op, class In, int DK, int DV>
-__global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) decode_kernel(const RecurrentParams<In> p) {
+__global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, VLA_CUDA_DECODE_MIN_BLOCKS)
+    decode_kernel(const RecurrentParams<In> p) {
+  constexpr bool kRoomy = VLA_CUDA_DECODE_MIN_BLOCKS <= 1;  // registers to keep vectors in
   using G = GeometryOf<Op, DK, DV>;
   using L = SmemLayout<Op, In, DK, DV>;
   using D = DecodeLayout<Op, In, DK, DV>;
@@ -729,12 +745,12 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) decode_kernel(c
       __syncthreads();  // stage sg consumed (state in registers, token prepared)
       stage(pair + D::NSTAGE * stride, sg);
       if (rc.is_a) {
-        rc.a_scan(pv, fs + lay.f_al(0), reinterpret_cast<float4*>(fs + lay.f_part(0)), fs + lay.f_w(), 1, p.stab_eps);
+        rc.template a_scan<kRoomy>(pv, fs + lay.f_al(0), reinterpret_cast<float4*>(fs + lay.f_part(0)), fs + lay.f_w(), 1, p.stab_eps);
         rc.store_state(p.A1 + slot * DK * DK, nullptr, nullptr);
       }
       __syncthreads();  // α̂ ready
       if (!rc.is_a) {
-        rc.s_scan(pv, fs + lay.f_al(0), reinterpret_cast<const float4*>(fs + lay.f_part(0)), fs + lay.f_o(0), 1);
+        rc.template s_scan<kRoomy>(pv, fs + lay.f_al(0), reinterpret_cast<const float4*>(fs + lay.f_part(0)), fs + lay.f_o(0), 1);
         rc.store_state(nullptr, p.S1 + slot * DV * DK, Op::uses_z ? p.z1 + slot * DK : nullptr);
         if (kVla && rc.st == 0) p.steps1[slot] = t0 + 1;
         named_sync(R::BAR_S, G::NST);
