@@ -59,7 +59,7 @@ if(VLA_ENABLE_CUDA)
   add_library(vla::cuda_instances ALIAS vla_cuda_instances)
   # A second set of kernels with other tuning knobs, tested and timed beside the defaults.
   option(VLA_GPU_VARIANTS "Also build the GPU tests and bench for a variant kernel configuration" OFF)
-  set(VLA_GPU_VARIANT_DEFS "VLA_CUDA_VLA_S_BUDGET=512;VLA_CUDA_DECODE_MIN_BLOCKS=2" CACHE STRING
+  set(VLA_GPU_VARIANT_DEFS "VLA_CUDA_VLA_S_BUDGET=1024;VLA_CUDA_DECODE_MIN_BLOCKS=1" CACHE STRING
       "Compile definitions of the variant kernels (VLA_GPU_VARIANTS)")
   if(VLA_GPU_VARIANTS)
     vla_cuda_add_instances(vla_cuda_instances_v1 ${VLA_GPU_VARIANT_DEFS})
@@ -73,7 +73,7 @@ if(VLA_ENABLE_CUDA)
     endif()
     target_link_libraries(${target} PRIVATE ${_inst})
     target_compile_options(${target} PRIVATE
-      $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra -diag-suppress=20050>)
+      $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra>)
     if(VLA_WERROR)
       target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>)
     endif()

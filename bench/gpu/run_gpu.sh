@@ -26,7 +26,7 @@ command -v ninja >/dev/null && gen=(-G Ninja)
 echo "== configure + build (sm_90)"
 t0=$(date +%s)
 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DVLA_ENABLE_CUDA=ON -DVLA_BUILD_CUDA_TESTS=ON -DVLA_BUILD_GPU_BENCH=ON -DVLA_GPU_VARIANTS=${VLA_GPU_VARIANTS:-ON} \
+  -DVLA_ENABLE_CUDA=ON -DVLA_BUILD_CUDA_TESTS=ON -DVLA_BUILD_GPU_BENCH=ON -DVLA_GPU_VARIANTS=${VLA_GPU_VARIANTS:-OFF} \
   -DVLA_BUILD_TESTS=OFF -DVLA_BUILD_BENCH=OFF -DVLA_BUILD_EXAMPLES=OFF -DVLA_BUILD_EXPERIMENTS=OFF \
   "${prefix_args[@]}" >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 cmake --build "$build" -j"$(nproc)" >>"$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }

@@ -109,7 +109,8 @@ Status decode_step(const DecodeArgs<In>& d, const Config& cfg, cudaStream_t stre
 }
 
 namespace detail {
-__global__ inline void fresh_a_kernel(float* A, std::int64_t count, int dk, float inv_lambda0) {
+template <int Unused = 0>  // a template, so that every translation unit may define it (no ODR clash)
+__global__ void fresh_a_kernel(float* A, std::int64_t count, int dk, float inv_lambda0) {
   const std::int64_t n = count * dk * dk;
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
        i += std::int64_t(gridDim.x) * blockDim.x) {
@@ -137,7 +138,7 @@ inline Status init_states(const StateBuffers<float>& st, std::int64_t count, std
   if (e == cudaSuccess && st.A) {
     const std::int64_t n = count * dk * dk;
     const int grid = static_cast<int>(std::min<std::int64_t>((n + 255) / 256, 8192));
-    detail::fresh_a_kernel<<<grid, 256, 0, stream>>>(st.A, count, static_cast<int>(dk),
+    detail::fresh_a_kernel<><<<grid, 256, 0, stream>>>(st.A, count, static_cast<int>(dk),
                                                      1.f / static_cast<float>(cfg.lambda0));
     e = cudaGetLastError();
   }

@@ -28,15 +28,17 @@
 #include "vla/detail/rules.hpp"
 #include "vla/cuda/detail/device_util.cuh"
 
-// Tuning knobs (compile time; the defaults are what bench/gpu/RESULTS.md measured best):
-//   VLA_CUDA_VLA_S_BUDGET       S-warp threads × rows budget for VLA at dk ≤ 64 (rows per S warp =
-//                               budget / dk, at most 32): 1024 → 4 S warps at dk = dv = 64.
-//   VLA_CUDA_DECODE_MIN_BLOCKS  CTAs per SM the decode kernel is compiled for (__launch_bounds__).
+// Tuning knobs (compile time; the defaults are what bench/gpu/RESULTS.md measured best, run 4:
+// 512 / 2 against 1024 / 1 gave 1.08× on the VLA forward and 1.3–1.6× on the decode step):
+//   VLA_CUDA_VLA_S_BUDGET       rows × dk budget of one S warp for VLA at dk ≤ 64 (rows per S warp =
+//                               budget / dk, at most 32): 512 → 8 S warps at dk = dv = 64.
+//   VLA_CUDA_DECODE_MIN_BLOCKS  CTAs per SM the decode kernel is compiled for (__launch_bounds__),
+//                               applied to CTAs of at most 512 threads (larger ones get 1).
 #ifndef VLA_CUDA_VLA_S_BUDGET
-#define VLA_CUDA_VLA_S_BUDGET 1024
+#define VLA_CUDA_VLA_S_BUDGET 512
 #endif
 #ifndef VLA_CUDA_DECODE_MIN_BLOCKS
-#define VLA_CUDA_DECODE_MIN_BLOCKS 1
+#define VLA_CUDA_DECODE_MIN_BLOCKS 2
 #endif
 
 namespace vla {
@@ -646,12 +648,19 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
   }
 }
 
+/// CTAs per SM the decode kernel is built for: two (so one CTA's compute overlaps the other's
+/// loads) where two fit, else one.
+template <int Threads>
+struct DecodeMinBlocks {
+  static constexpr int value = Threads <= 512 ? VLA_CUDA_DECODE_MIN_BLOCKS : 1;
+};
+
 /// The decode step: persistent CTAs, each taking (sequence, head) pairs gridDim.x apart; the state
 /// and token of the next pair(s) are staged by cp.async while the current one is stepped.
 template <class Op, class In, int DK, int DV>
-__global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, VLA_CUDA_DECODE_MIN_BLOCKS)
+__global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, DecodeMinBlocks<GeometryOf<Op, DK, DV>::NT>::value)
     decode_kernel(const RecurrentParams<In> p) {
-  constexpr bool kRoomy = VLA_CUDA_DECODE_MIN_BLOCKS <= 1;  // registers to keep vectors in
+  constexpr bool kRoomy = DecodeMinBlocks<GeometryOf<Op, DK, DV>::NT>::value <= 1;  // registers to keep vectors in
   using G = GeometryOf<Op, DK, DV>;
   using L = SmemLayout<Op, In, DK, DV>;
   using D = DecodeLayout<Op, In, DK, DV>;
