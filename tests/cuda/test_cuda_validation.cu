@@ -48,6 +48,9 @@ TEST_CASE("cuda validation: config and arguments", "[cuda][validation]") {
   vla::Config bad;
   bad.lambda0 = -1;
   CHECK(mentions(vla::forward<vla::backend::Cuda>(a, bad, cudaStream_t{}), "lambda0"));
+  vla::Config tiny;  // valid in double, but the floor underflows to 0 in float
+  tiny.stab_eps = 1e-50;
+  CHECK(mentions(vla::forward<vla::backend::Cuda>(a, tiny, cudaStream_t{}), "stab_eps"));
   auto b = a;
   b.u = nullptr;
   CHECK(mentions(vla::forward<vla::backend::Cuda>(b, vla::Config{}, cudaStream_t{}), "u (the penalty directions)"));

@@ -63,7 +63,7 @@ Status decode_step(const DecodeArgs<In>& d, const Config& cfg, cudaStream_t stre
   a.initial_state = {d.state.A, d.state.S, d.state.z, d.state.steps};
   a.final_state = d.state;
   try {
-    cfg.validate();
+    cfg.validate_for<float>();  // also: no floor underflows, 1/lambda0 finite, in float
     vla::detail::check_args<Op>(a);
   } catch (const std::exception& ex) {
     return Status::invalid(std::string("vla::cuda::decode_step: ") + ex.what());
@@ -125,7 +125,7 @@ __global__ void fresh_a_kernel(float* A, std::int64_t count, int dk, float inv_l
 inline Status init_states(const StateBuffers<float>& st, std::int64_t count, std::int64_t dk, std::int64_t dv,
                           const Config& cfg, cudaStream_t stream) {
   try {
-    cfg.validate();
+    cfg.validate_for<float>();  // also: no floor underflows, 1/lambda0 finite, in float
   } catch (const std::exception& ex) {
     return Status::invalid(ex.what());
   }

@@ -229,7 +229,7 @@ template <class Op, class In>
 Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t stream, const Options& opt = {}) {
   static_assert(detail::IsTokenType<In>::value, "vla::cuda: token type must be float, __half or __nv_bfloat16");
   try {
-    cfg.validate();
+    cfg.validate_for<float>();  // also: no floor underflows, 1/lambda0 finite, in float
     vla::detail::check_args<Op>(a);
   } catch (const std::exception& ex) {
     return Status::invalid(ex.what());
