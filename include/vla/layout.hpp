@@ -37,8 +37,11 @@ struct ForwardArgs {
   std::int64_t heads = 0;    ///< H
   std::int64_t dk = 0;       ///< key / query / penalty-direction size
   std::int64_t dv = 0;       ///< value / output size
-  const std::int64_t* cu_seqlens = nullptr;  ///< optional: N+1 non-decreasing offsets, cu_seqlens[0] = 0
+  /// Optional: N+1 non-decreasing offsets, cu_seqlens[0] = 0. Like every pointer here it lives in
+  /// the backend's memory: host memory for backend::Cpu, device memory for backend::Cuda.
+  const std::int64_t* cu_seqlens = nullptr;
 
+  // q, k, v, o are required even for zero tokens (a null pointer is taken for a caller's mistake).
   const In* q = nullptr;
   const In* k = nullptr;
   const In* v = nullptr;
