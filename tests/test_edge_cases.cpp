@@ -217,13 +217,13 @@ TEST_CASE("float: all inputs at 1e-30 at once: finite state matching the referen
   }
 }
 
-// KNOWN LIBRARY BUG (reported to the lead; this test is left failing on purpose until it is fixed).
+// Regression test (this caught a library bug, since fixed in detail::finish_output).
 // With q, k and v all around 1e30 in float, the true output o = S q / max(zᵀq, ε_den) is ~1e29
-// (representable), but the step forms S q (~1e60) and zᵀq (~1e62) in float: both overflow to inf
-// and o = inf/inf = NaN. The state itself stays finite. o is homogeneous of degree 0 in q when the
-// normaliser is on, so scaling q by 1/max|q| first (and ε_den by the same factor) avoids it.
+// (representable), but the step forms S q (~1e60) and zᵀq (~1e62) in float: both overflowed to inf
+// and gave o = inf/inf = NaN. o is homogeneous of degree 0 in q when the normaliser is on, so the
+// library now recomputes from q/max|q| (and ε_den scaled to match) when either product overflows.
 TEST_CASE("float: all inputs at 1e30 at once: finite state and finite outputs matching the reference",
-          "[magnitude][known-bug]") {
+          "[magnitude][regression]") {
   const int dk = 13, dv = 7, T = 60;
   vt::Stream s = vt::random_stream(dk, dv, T, 29);
   for (auto* x : {&s.q, &s.k, &s.v, &s.u})
@@ -246,23 +246,26 @@ TEST_CASE("float: all inputs at 1e30 at once: finite state and finite outputs ma
   if (nonfinite == 0) CHECK(vt::rel_rms(out, rout) <= vt::Tol<float>::ref);
 }
 
-// KNOWN LIBRARY BUG (reported; left failing on purpose). Config::validate() checks denom_eps > 0 in
-// double, but VlaState<float> rounds it to float once: denom_eps = 1e-50 passes validation and
-// becomes 0.0f, so a zero q gives o = 0 / max(0, 0) = NaN — the division by zero the floor exists
-// to stop (config.hpp says zero floors are rejected for exactly this reason).
-TEST_CASE("float: a valid denom_eps that underflows in float never lets o divide by zero", "[zero][known-bug]") {
+// Regression test (this caught a library bug, since fixed by Config::validate_for<Scalar>).
+// Config::validate() checks denom_eps > 0 in double, but VlaState<float> rounds it to float once:
+// denom_eps = 1e-50 passed and became 0.0f, so a zero q gave o = 0 / max(0, 0) = NaN — the division
+// by zero the floor exists to stop. States now reject floors that vanish in their scalar.
+TEST_CASE("float: a valid denom_eps that underflows in float never lets o divide by zero", "[zero][regression]") {
   vla::Config cfg;
   cfg.denom_eps = 1e-50;
-  REQUIRE_NOTHROW(cfg.validate());
-  bool threw = false;
-  try {
-    vla::VlaState<float> st(4, 3, cfg);
-    const Eigen::VectorXf zero = Eigen::VectorXf::Zero(4), one = Eigen::VectorXf::Ones(4);
-    const Eigen::VectorXf o = st.step(zero, one, Eigen::VectorXf::Ones(3), one);
-    INFO("o = " << o.transpose());
-    CHECK(o.allFinite());
-  } catch (const std::invalid_argument&) {
-    threw = true;  // rejecting such a config for float is an acceptable fix too
-  }
-  SUCCEED("rejected at construction: " << threw);
+  REQUIRE_NOTHROW(cfg.validate());                // fine as a double
+  REQUIRE_NOTHROW(cfg.validate_for<double>());    // and in a double state
+  CHECK_THROWS_WITH(cfg.validate_for<float>(), Catch::Contains("denom_eps"));
+  CHECK_THROWS_AS((vla::VlaState<float>(4, 3, cfg)), std::invalid_argument);
+  CHECK_THROWS_AS((vla::LinearAttentionState<float>(4, 3, cfg)), std::invalid_argument);
+  vla::Config stab = vla::Config{};
+  stab.stab_eps = 1e-60;
+  CHECK_THROWS_WITH(stab.validate_for<float>(), Catch::Contains("stab_eps"));
+  vla::Config lam = vla::Config{};
+  lam.lambda0 = 1e-45;  // rounds to a float subnormal: 1/λ0 overflows
+  CHECK_THROWS_WITH(lam.validate_for<float>(), Catch::Contains("lambda0"));
+  // A double state with the same config steps without a NaN.
+  vla::VlaState<double> st(4, 3, cfg);
+  const Eigen::VectorXd zero = Eigen::VectorXd::Zero(4), one = Eigen::VectorXd::Ones(4);
+  CHECK(st.step(zero, one, Eigen::VectorXd::Ones(3), one).allFinite());
 }
