@@ -55,11 +55,10 @@ void finish_output(const Matrix<Scalar>& s, const Vector<Scalar>& z, const Vecto
   const Scalar m = q.cwiseAbs().maxCoeff();  // huge: its reciprocal is a normal number
   const Vector<Scalar> qs = q / m;
   const Scalar zqs = z.dot(qs);
-  // max(m·zqs, ε)  ⇒  o = S qs / zqs when m·zqs > ε, else o = S qs · (m / ε).
-  if (zqs * m > denom_eps)
-    o = (s * qs) / zqs;
-  else
-    o = (s * qs) * (m / denom_eps);
+  // max(m·zqs, ε)  ⇒  o = S qs / zqs when m·zqs > ε, else o = S qs · (m / ε) (rules::rescaled_output,
+  // the rule the CUDA kernels apply too).
+  const Vector<Scalar> sqs = s * qs;
+  o = sqs.unaryExpr([&](Scalar x) { return rules::rescaled_output<Scalar>(x, zqs, m, denom_eps); });
 }
 
 template <class Derived>

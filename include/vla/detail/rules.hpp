@@ -48,6 +48,25 @@ VLA_HOST_DEVICE T inverse_max(T max_abs) {
   return (r - r == T(0)) ? r : T(0);  // inf - inf is NaN: subnormal m counts as zero
 }
 
+/// x is finite (neither inf nor NaN). Written without std::isfinite so it compiles for the device:
+/// inf − inf and NaN − NaN are NaN, which compares unequal to 0.
+template <class T>
+VLA_HOST_DEVICE bool is_finite(T x) {
+  return x - x == T(0);
+}
+
+/// SPEC 2.6 for a finite q whose products overflow (S q or zᵀq not finite, e.g. |q| ~ 1e30 in
+/// float): with the normaliser on, o = S q / max(zᵀq, ε_den) is homogeneous of degree 0 in q, so
+/// it equals the same function of q̃ = q / m, m = max|q|, with the floor scaled by m:
+///   o = S q̃ / zᵀq̃           when zᵀq̃ · m > ε_den,
+///   o = S q̃ · (m / ε_den)    otherwise (the floor binds: max(zᵀq, ε) = ε).
+/// One entry of o from sq_scaled = (S q̃)_i, zq_scaled = zᵀq̃ and q_max = m. Backends take this
+/// path only when a product is not finite; the common path is o = S q / output_denominator(zᵀq).
+template <class T>
+VLA_HOST_DEVICE T rescaled_output(T sq_scaled, T zq_scaled, T q_max, T denom_eps) {
+  return zq_scaled * q_max > denom_eps ? sq_scaled / zq_scaled : sq_scaled * (q_max / denom_eps);
+}
+
 template <class T>
 VLA_HOST_DEVICE T normalize_factor(T inv_max, T scaled_sumsq, T extra = T(1)) {
   // scaled_sumsq = Σ (x_i·inv_max)² ∈ [1, n] whenever inv_max > 0.
