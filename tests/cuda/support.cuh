@@ -313,6 +313,27 @@ void check_forward(const Shape& s, bool with_init, int zero_every = 0, const vla
   compare<Op, In>(g, r, label(s, with_init ? " +init" : "") + (zero_every ? " +zeros" : ""), tol_scale);
 }
 
+/// Huge finite inputs (SPEC 2.6 for huge q): float tokens with q, k, v scaled by the given factors,
+/// so that S q and zᵀq overflow in float; the outputs must stay finite and match the float64
+/// reference (vla::rules::rescaled_output, the same rule as the CPU's detail::finish_output).
+template <class Op>
+void check_huge(const Shape& s, float q_scale, float k_scale, float v_scale, bool with_init = false) {
+  const vla::Config cfg;
+  std::mt19937_64 rng(fresh_seed());
+  Tokens t = make_tokens<float>(s.B * s.T, s.H, s.dk, s.dv, rng);
+  for (auto& x : t.q) x *= q_scale;
+  for (auto& x : t.k) x *= k_scale;
+  for (auto& x : t.v) x *= v_scale;
+  HostState init;
+  if (with_init) init = warm_state<Op>(s.B * s.H, s.dk, s.dv, cfg, 9, rng);
+  const HostState* ip = with_init ? &init : nullptr;
+  const GpuResult g = gpu_forward<Op, float>(t, s.B, s.T, nullptr, s.H, s.dk, s.dv, cfg, ip);
+  const Reference r = cpu_reference<Op>(t, s.B, s.T, nullptr, s.H, s.dk, s.dv, cfg, ip);
+  char extra[96];
+  std::snprintf(extra, sizeof extra, " q x%.0e k x%.0e v x%.0e%s", q_scale, k_scale, v_scale, with_init ? " +init" : "");
+  compare<Op, float>(g, r, label(s, extra));
+}
+
 /// Bitwise equality of two float vectors (NaN-safe); reports the first mismatch.
 inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
   if (a.size() != b.size()) {

@@ -29,6 +29,13 @@ TEMPLATE_TEST_CASE("baselines: split and varlen", "[cuda][baselines]", LinearAtt
   check_varlen<TestType, float>({0, 17, 17, 100, 163, 164}, 2, 64, 64);
 }
 
+TEST_CASE("linear attention: huge finite q: finite outputs that match the CPU", "[cuda][baselines][huge]") {
+  // q ~ 1e30 with k, v ~ 1e15 (S = Σ v kᵀ stays finite in float): S q, kᵀq and zᵀq overflow.
+  check_huge<LinearAttention>({1, 50, 2, 64, 64}, 1e30f, 1e15f, 1e15f);
+  check_huge<LinearAttention>({2, 33, 1, 128, 32}, 1e30f, 1e15f, 1e15f);
+  check_huge<LinearAttention>({1, 40, 2, 32, 64}, 1e37f, 1.f, 1.f, true);
+}
+
 TEST_CASE("deltanet: zero keys write nothing", "[cuda][baselines]") {
   check_forward<DeltaNet, float>({2, 80, 2, 64, 64}, true, 6);
 }

@@ -62,8 +62,33 @@ TEST_CASE("vla: varlen equals the per-sequence loop", "[cuda][vla][varlen]") {
   check_varlen<Vla, __half>({0, 70, 71, 200}, 3, 64, 128);
 }
 
+TEST_CASE("vla: huge finite q, k, v (~1e30): finite outputs that match the CPU", "[cuda][vla][huge]") {
+  // S q ~ 1e60 and zᵀq ~ 1e62 overflow in float; the output, homogeneous of degree 0 in q, is
+  // computed from q / max|q| (SPEC 2.6, vla::rules::rescaled_output).
+  check_huge<Vla>({1, 50, 2, 64, 64}, 1e30f, 1e30f, 1e30f);
+  check_huge<Vla>({2, 33, 1, 128, 32}, 1e30f, 1e30f, 1e30f);
+  check_huge<Vla>({1, 40, 2, 32, 64}, 1e37f, 1.f, 1.f, true);  // only the products with q overflow
+}
+
 TEST_CASE("vla: T = 65536 stays finite and accurate", "[cuda][vla][long]") {
   // z = Σ k grows like T; summed in float its rounding is ~√T·ε relative, so the normaliser (and the
   // output) can differ from float64 by a few 1e-6 at this length: the bound here is 1e-4.
   check_forward<Vla, float>({1, 65536, 2, 64, 64}, false, 0, vla::Config{}, 10.0);
+}
+
+// Shapes for compute-sanitizer racecheck (bench/gpu/profile_gpu.sh); hidden from the default run.
+// [race1]: the one instance racecheck reported (dk = 128, dv = 32: 16 A warps, 4 S warps).
+TEST_CASE("racecheck: vla (128, 32), split at 1", "[.][race1]") {
+  check_split<Vla, float>({1, 100, 2, 128, 32}, 1);
+}
+// [race2]: the other instances, by warps per CTA (A + S): (128, 128) 16 + 16, (128, 64) 16 + 8,
+// (64, 128) 8 + 16 (the dk = 64 code path with more than 16 warps), (64, 32) 8 + 4, (64, 64) 8 + 8,
+// (32, 64) 4 + 4.
+TEST_CASE("racecheck: vla, other head dims", "[.][race2]") {
+  check_forward<Vla, float>({1, 100, 1, 128, 128}, false);
+  check_forward<Vla, float>({1, 100, 1, 128, 64}, false);
+  check_forward<Vla, float>({1, 100, 1, 64, 128}, false);
+  check_forward<Vla, float>({1, 100, 1, 64, 32}, false);
+  check_forward<Vla, float>({1, 100, 1, 64, 64}, false);
+  check_forward<Vla, float>({1, 100, 1, 32, 64}, false);
 }

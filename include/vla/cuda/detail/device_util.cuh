@@ -53,6 +53,29 @@ __device__ __forceinline__ float group_max(float x) {
   return x;
 }
 
+/// The same over the aligned group of W lanes named by `mask` (W < 32: the other lanes of the
+/// warp need not take part), for code that only that group runs.
+template <int W>
+__device__ __forceinline__ float group_sum_masked(float x, unsigned mask) {
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1) x += __shfl_xor_sync(mask, x, o);
+  return x;
+}
+template <int W>
+__device__ __forceinline__ float group_max_masked(float x, unsigned mask) {
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(mask, x, o));
+  return x;
+}
+/// The lane mask of this lane's aligned group of W lanes.
+template <int W>
+__device__ __forceinline__ unsigned group_mask(int lane) {
+  return W >= 32 ? 0xffffffffu : (((1u << (W < 32 ? W : 1)) - 1u) << (lane & ~(W - 1)));
+}
+__device__ __forceinline__ float max_abs4(float4 a) {
+  return fmaxf(fmaxf(fabsf(a.x), fabsf(a.y)), fmaxf(fabsf(a.z), fabsf(a.w)));
+}
+
 // ---- cp.async (sm_80+): 16-byte global → shared copies that complete in the background.
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

@@ -40,6 +40,14 @@
 #ifndef VLA_CUDA_DECODE_MIN_BLOCKS
 #define VLA_CUDA_DECODE_MIN_BLOCKS 2
 #endif
+//   VLA_CUDA_ALPHA_RING         buffers of α (and its partial sums) between the A and the S warps of
+//                               the VLA forward (default 2: a buffer is rewritten two chunks after
+//                               it was written, one CTA barrier after its last read — enough, see
+//                               vla/cuda/README.md, "racecheck"). 3 was tried against racecheck's
+//                               report at dk = 128 and does not remove it (run 6).
+#ifndef VLA_CUDA_ALPHA_RING
+#define VLA_CUDA_ALPHA_RING 2
+#endif
 
 namespace vla {
 namespace cuda {
@@ -101,7 +109,8 @@ using GeometryOf = Geometry<DK, DV, Op::uses_A>;
 
 /// Shared memory of the forward kernel, for a chunk of C tokens. Offsets in bytes, 16-byte aligned.
 ///   raw tokens (In, one buffer):            q[C][DK] k[C][DK] (u[C][DK]) v[C][DV]
-///   prepared (float, two buffers):          q, k̂ (or k), (û), v, then den, beta, kq, refresh flag
+///   prepared (float, two buffers):          q, k̂ (or k), (û), v, then den, beta, kq, refresh flag, zs
+///                                           (zs: zᵀq, or zᵀq̃ where zᵀq is not finite; see prepare_den)
 ///   α (float, two buffers, VLA):            [C][DK] and per A warp (Σα², Σαq, max|α|) [C][NA][4]
 ///   outputs (float, two buffers):           [C][DV];  scratch zⱼqⱼ [C][DK];  w/y [2][2][DK] (VLA)
 template <class Op, class In, int DK, int DV>
@@ -113,7 +122,7 @@ struct SmemLayout {
   __host__ __device__ std::size_t c4() const { return (std::size_t(C) + 3) / 4 * 4; }
   __host__ __device__ std::size_t raw_bytes() const { return r16(std::size_t(C) * (NKQ * DK + DV) * sizeof(In)); }
   // one prepared buffer, in floats
-  __host__ __device__ std::size_t prep_floats() const { return std::size_t(C) * (NKQ * DK + DV) + 4 * c4(); }
+  __host__ __device__ std::size_t prep_floats() const { return std::size_t(C) * (NKQ * DK + DV) + 5 * c4(); }
   __host__ __device__ std::size_t p_qf(int b) const { return b * prep_floats(); }
   __host__ __device__ std::size_t p_kh(int b) const { return p_qf(b) + std::size_t(C) * DK; }
   __host__ __device__ std::size_t p_uh(int b) const { return p_kh(b) + std::size_t(C) * DK; }
@@ -122,13 +131,15 @@ struct SmemLayout {
   __host__ __device__ std::size_t p_beta(int b) const { return p_den(b) + c4(); }
   __host__ __device__ std::size_t p_kq(int b) const { return p_beta(b) + c4(); }
   __host__ __device__ std::size_t p_rf(int b) const { return p_kq(b) + c4(); }
+  __host__ __device__ std::size_t p_zs(int b) const { return p_rf(b) + c4(); }
   // further float regions, after the two prepared buffers
   static constexpr int NA = Op::uses_A ? DK / 8 : 0;  // A warps (Geometry::NA)
   __host__ __device__ std::size_t al_floats() const { return std::size_t(C) * DK + std::size_t(C) * NA * 4; }
   __host__ __device__ std::size_t f_al(int b) const { return 2 * prep_floats() + b * al_floats(); }
   __host__ __device__ std::size_t f_part(int b) const { return f_al(b) + std::size_t(C) * DK; }
+  static constexpr int NAL = VLA_CUDA_ALPHA_RING;  // α buffers (a ring)
   __host__ __device__ std::size_t f_o(int b) const {
-    return 2 * prep_floats() + (Op::uses_A ? 2 * al_floats() : 0) + b * std::size_t(C) * DV;
+    return 2 * prep_floats() + (Op::uses_A ? NAL * al_floats() : 0) + b * std::size_t(C) * DV;
   }
   __host__ __device__ std::size_t f_p() const { return f_o(2); }
   __host__ __device__ std::size_t f_w() const { return f_p() + std::size_t(C) * DK; }
@@ -213,7 +224,7 @@ struct Recurrence {
 
   // Views of one prepared buffer (C tokens).
   struct Prep {
-    float *qf, *kh, *uh, *vf, *den, *beta, *kq, *rf;
+    float *qf, *kh, *uh, *vf, *den, *beta, *kq, *rf, *zs;
   };
   struct Raw {
     const In *q, *k, *u, *v;  // [C][D] each, token-major
@@ -232,6 +243,9 @@ struct Recurrence {
   float4 s[G::GS];
   float zj;  // z[st] for S threads st < DK
   int parity;
+  // the output rule (SPEC 2.6), read by s_scan
+  int normalize = 1;
+  float denom_eps = 1e-4f;
 
   __device__ Recurrence() {
     tid = threadIdx.x;
@@ -287,9 +301,9 @@ struct Recurrence {
   }
 
   /// Input-only work for ntok tokens, by the S warps (st ∈ [0, NST)): k̂ (or k), û, q, v, β, kᵀq,
-  /// refresh flags, and zⱼqⱼ in `zq` for the normaliser (finished by prepare_den). `t_first` is the
-  /// step count before the first token.
-  __device__ void prepare(const Raw& r, const Prep& p, float* zq, const In* beta_g, std::int64_t beta_stride,
+  /// refresh flags, and the running key sum z after each token in `zb` [ntok][DK] for the
+  /// normaliser (finished by prepare_den). `t_first` is the step count before the first token.
+  __device__ void prepare(const Raw& r, const Prep& p, float* zb, const In* beta_g, std::int64_t beta_stride,
                           int ntok, std::int64_t t_first, const RecurrentParams<In>& prm) {
     const int sw = warp - G::NA;
     for (int tau = sw; tau < ntok; tau += G::NS) {
@@ -323,25 +337,66 @@ struct Recurrence {
       for (int i = 0; i < VPL; ++i) p.vf[tau * DV + lane + 32 * i] = to_float(r.v[tau * DV + lane + 32 * i]);
       if (kDelta && lane == 0) p.beta[tau] = to_float(beta_g[tau * beta_stride]);
     }
-    // The running key sum z, sequential per column as the reference, and zⱼqⱼ.
+    // The running key sum z, sequential per column as the reference.
     if (kZ && st < DK) {
       for (int tau = 0; tau < ntok; ++tau) {
         zj += to_float(r.k[tau * DK + st]);
-        zq[tau * DK + st] = zj * to_float(r.q[tau * DK + st]);
+        zb[tau * DK + st] = zj;
       }
     }
   }
-  /// max(zᵀq, ε) per token (or 1 when the normaliser is off), after `prepare` and a barrier.
-  __device__ void prepare_den(const Prep& p, const float* zq, int ntok, int normalize, float denom_eps) {
+  /// max(zᵀq, ε) per token (or 1 when the normaliser is off), after `prepare` and a barrier; and zs,
+  /// for the S-scan's rescaled output (SPEC 2.6 for huge q, rules::rescaled_output): zᵀq when it is
+  /// finite; otherwise den is NaN (a mark) and zs = zᵀq̃ with q̃ = q / max|q|, as the CPU computes it.
+  __device__ void prepare_den(const Prep& p, const float* zb, int ntok, int normalize, float denom_eps) {
     if (!kZ) return;
     const int sw = warp - G::NA;
     for (int tau = sw; tau < ntok; tau += G::NS) {
       float acc = 0.f;
 #pragma unroll
-      for (int i = 0; i < KPL; ++i) acc += zq[tau * DK + lane + 32 * i];
+      for (int i = 0; i < KPL; ++i) acc += __fmul_rn(zb[tau * DK + lane + 32 * i], p.qf[tau * DK + lane + 32 * i]);
       acc = group_sum<32>(acc);
-      if (lane == 0) p.den[tau] = normalize ? rules::output_denominator<float>(acc, denom_eps) : 1.f;
+      float den = 1.f, zs = acc;
+      if (normalize) {
+        if (rules::is_finite(acc)) {
+          den = rules::output_denominator<float>(acc, denom_eps);
+        } else {  // rare: zᵀq overflowed (huge q); zᵀq̃ instead, den marked
+          float qv[KPL], m = 0.f;
+#pragma unroll
+          for (int i = 0; i < KPL; ++i) qv[i] = p.qf[tau * DK + lane + 32 * i], m = fmaxf(m, fabsf(qv[i]));
+          m = group_max<32>(m);
+          float a2 = 0.f;
+#pragma unroll
+          for (int i = 0; i < KPL; ++i) a2 += zb[tau * DK + lane + 32 * i] * (qv[i] / m);
+          zs = group_sum<32>(a2);
+          den = __int_as_float(0x7fffffff);
+        }
+      }
+      if (lane == 0) p.den[tau] = den, p.zs[tau] = zs;
     }
+  }
+
+  /// SPEC 2.6's output of this thread's S row when S q or zᵀq is not finite (huge q): from
+  /// q̃ = q / max|q| and the updated S (registers), by rules::rescaled_output. Run by the LS lanes
+  /// of the row only (the condition is the same in all of them).
+  __device__ float rescaled_row(const float* qf, float dn, float zs) const {
+    const unsigned gm = group_mask<G::LS>(lane);
+    float m = 0.f;
+#pragma unroll
+    for (int mm = 0; mm < G::GS; ++mm) m = fmaxf(m, max_abs4(ld4(qf + colS(mm, cS))));
+    m = group_max_masked<G::LS>(m, gm);
+    float sq = 0.f;
+#pragma unroll
+    for (int mm = 0; mm < G::GS; ++mm) {
+      const float4 Q = ld4(qf + colS(mm, cS));
+      sq = fmaf(s[mm].x, Q.x / m, sq);
+      sq = fmaf(s[mm].y, Q.y / m, sq);
+      sq = fmaf(s[mm].z, Q.z / m, sq);
+      sq = fmaf(s[mm].w, Q.w / m, sq);
+    }
+    sq = group_sum_masked<G::LS>(sq, gm);
+    const float zqs = dn == dn ? zs / m : zs;  // zᵀq̃: zᵀq / m where zᵀq was finite
+    return rules::rescaled_output<float>(sq, zqs, m, denom_eps);
   }
 
   /// The A-scan of ntok prepared tokens (A warps). Per token it writes α = A_new k̂ (al[τ][DK],
@@ -505,10 +560,15 @@ struct Recurrence {
         s[m].z = fmaf(ef, x.z, s[m].z);
         s[m].w = fmaf(ef, x.w, s[m].w);
       }
-      if (cS == 0) {
-        const float out = fmaf(e, xq, pq);  // S_new q = S q + e (xᵀq)
-        o[tau * DV + rowS] = kZ ? out / p.den[tau] : out;
+      const float out = fmaf(e, xq, pq);  // S_new q = S q + e (xᵀq)
+      float res = out;
+      if (kZ) {
+        const float dn = p.den[tau];
+        res = out / dn;
+        // rare: S q or zᵀq not finite (huge q), decided per row (the same function; SPEC 2.6)
+        if (normalize && !(rules::is_finite(out) && dn == dn)) res = rescaled_row(qf, dn, p.zs[tau]);
       }
+      if (cS == 0) o[tau * DV + rowS] = res;
     }
   }
 };
@@ -517,7 +577,7 @@ template <class Op, class In, int DK, int DV>
 __device__ __forceinline__ typename Recurrence<Op, In, DK, DV>::Prep prep_view(float* f, const SmemLayout<Op, In, DK, DV>& L,
                                                                            int b) {
   return {f + L.p_qf(b), f + L.p_kh(b), f + L.p_uh(b), f + L.p_vf(b),
-          f + L.p_den(b), f + L.p_beta(b), f + L.p_kq(b), f + L.p_rf(b)};
+          f + L.p_den(b), f + L.p_beta(b), f + L.p_kq(b), f + L.p_rf(b), f + L.p_zs(b)};
 }
 
 /// Issues cp.async for ntok raw tokens (q, k, (u), v of head h) into the raw buffer, by the
@@ -577,6 +637,8 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
   const typename R::Raw rv{raw, raw + C * DK, raw + 2 * C * DK, raw + R::NKQ * C * DK};
 
   R rc;
+  rc.normalize = p.normalize;
+  rc.denom_eps = p.denom_eps;
   const std::int64_t H = p.heads;
   const std::int64_t pair = blockIdx.x;
   const std::int64_t n = pair / H, h = pair % H;
@@ -617,7 +679,8 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
     if (rc.is_a) {
       if (kVla && it < nchunks) {
         const int b = static_cast<int>(it & 1);
-        rc.a_scan(prep_view(fs, lay, b), fs + lay.f_al(b), reinterpret_cast<float4*>(fs + lay.f_part(b)), fs + lay.f_w(),
+        const int ab = static_cast<int>(it % L::NAL);  // α ring slot of chunk it
+        rc.a_scan(prep_view(fs, lay, b), fs + lay.f_al(ab), reinterpret_cast<float4*>(fs + lay.f_part(ab)), fs + lay.f_w(),
                   ntok_of(it), p.stab_eps);
       }
     } else {
@@ -627,7 +690,8 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
                               ntok_of(cs - 1), rc.st, G::NST);
       if (cs >= 0) {
         const int b = static_cast<int>(cs & 1);
-        rc.s_scan(prep_view(fs, lay, b), fs + lay.f_al(b), reinterpret_cast<const float4*>(fs + lay.f_part(b)),
+        const int ab = static_cast<int>(cs % L::NAL);
+        rc.s_scan(prep_view(fs, lay, b), fs + lay.f_al(ab), reinterpret_cast<const float4*>(fs + lay.f_part(ab)),
                   fs + lay.f_o(b), ntok_of(cs));
       }
       if (it + 1 < nchunks) {
@@ -675,6 +739,8 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, DecodeMinBlocks<Ge
   const std::int64_t H = p.heads;
 
   R rc;
+  rc.normalize = p.normalize;
+  rc.denom_eps = p.denom_eps;
   In beta0{}, beta1{};
   // Slot of a pair's state, or −1 for a padding entry (skipped).
   auto slot_of = [&](std::int64_t pair) -> std::int64_t {
