@@ -53,13 +53,13 @@ if(VLA_ENABLE_CUDA)
     add_library(${name} STATIC ${_sources})
     target_link_libraries(${name} PUBLIC vla::cuda)
     target_compile_definitions(${name} PUBLIC ${ARGN} INTERFACE VLA_CUDA_EXTERN_INSTANCES)
-    target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-warn-spills>)
+    target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-warn-spills> $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
   endfunction()
   vla_cuda_add_instances(vla_cuda_instances)
   add_library(vla::cuda_instances ALIAS vla_cuda_instances)
   # A second set of kernels with other tuning knobs, tested and timed beside the defaults.
   option(VLA_GPU_VARIANTS "Also build the GPU tests and bench for a variant kernel configuration" OFF)
-  set(VLA_GPU_VARIANT_DEFS "VLA_CUDA_VLA_S_BUDGET=1024;VLA_CUDA_DECODE_MIN_BLOCKS=1" CACHE STRING
+  set(VLA_GPU_VARIANT_DEFS "VLA_CUDA_DECODE_WARP=0;VLA_CUDA_BASELINE_SINGLE_ROLE=0" CACHE STRING
       "Compile definitions of the variant kernels (VLA_GPU_VARIANTS)")
   if(VLA_GPU_VARIANTS)
     vla_cuda_add_instances(vla_cuda_instances_v1 ${VLA_GPU_VARIANT_DEFS})

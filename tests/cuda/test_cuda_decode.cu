@@ -6,21 +6,25 @@ using namespace vtest;
 
 namespace {
 
+/// `steps` decode steps of N sequences × H heads through a pool of P slots (index[n]: slot of
+/// sequence n; −1 a padding entry, skipped) against the CPU forward over the same steps.
 template <class Op, class In>
-void check_decode(std::int64_t dk, std::int64_t dv) {
+void check_decode_pool(std::int64_t dk, std::int64_t dv, float q_scale, std::int64_t H, std::int64_t P,
+                       const std::vector<std::int32_t>& index, std::int64_t steps) {
   const vla::Config cfg;
   std::mt19937_64 rng(fresh_seed());
-  const std::int64_t H = 3, P = 7, N = 5, steps = 3;
-  const std::vector<std::int32_t> index = {3, 0, 6, -1, 2};  // -1: a padding entry, skipped
-  std::vector<std::int64_t> live;                            // sequences that step, in order
+  const std::int64_t N = static_cast<std::int64_t>(index.size());
+  std::vector<std::int64_t> live;  // sequences that step, in order
+  auto stepped = [&](std::int64_t n) { return index[n] >= 0 && index[n] < P; };
   for (std::int64_t n = 0; n < N; ++n)
-    if (index[n] >= 0) live.push_back(n);
+    if (stepped(n)) live.push_back(n);
   const std::int64_t NL = static_cast<std::int64_t>(live.size());
 
   const HostState pool0 = warm_state<Op>(P * H, dk, dv, cfg, 6, rng);
   DeviceState pool(pool0);
   // Reference: the live sequences as a [NL, steps, H, D] forward from their slots' states.
-  const Tokens t = make_tokens<In>(NL * steps, H, dk, dv, rng);
+  Tokens t = make_tokens<In>(NL * steps, H, dk, dv, rng);
+  for (auto& x : t.q) x *= q_scale;  // huge q: S q and zᵀq overflow in float (SPEC 2.6)
   HostState init;
   for (std::int64_t l = 0; l < NL; ++l) {
     const HostState s = slice_state(pool0, index[live[l]] * H, H, dk, dv);
@@ -70,7 +74,7 @@ void check_decode(std::int64_t dk, std::int64_t dv) {
     }
     // The padding entry's outputs are not written.
     for (std::int64_t n = 0; n < N; ++n)
-      if (index[n] < 0)
+      if (!stepped(n))
         for (std::int64_t i = n * H * dv; i < (n + 1) * H * dv; ++i) CHECK(std::isnan(oh[i]));
   }
   // Final pool: live slots against the reference, the others untouched.
@@ -86,7 +90,7 @@ void check_decode(std::int64_t dk, std::int64_t dv) {
   }
   r.A = ref.A, r.S = ref.S, r.z = ref.z, r.steps = ref.steps;
   compare<Op, In>(g, r, "decode pool " + std::to_string(P) + "x" + std::to_string(H) + " dk" + std::to_string(dk) +
-                            " dv" + std::to_string(dv));
+                            " dv" + std::to_string(dv) + (q_scale != 1.f ? " huge q" : ""));
   for (std::int64_t slot = 0; slot < P; ++slot) {
     bool used = false;
     for (std::int32_t x : index) used |= x == slot;
@@ -97,6 +101,23 @@ void check_decode(std::int64_t dk, std::int64_t dv) {
   }
 }
 
+template <class Op, class In>
+void check_decode(std::int64_t dk, std::int64_t dv, float q_scale = 1.f) {
+  check_decode_pool<Op, In>(dk, dv, q_scale, 3, 7, {3, 0, 6, -1, 2}, 3);  // -1: a padding entry, skipped
+}
+
+/// More pairs than the decode kernel has warps on the device (132 SMs × up to 16 warps): every warp
+/// steps several pairs through its slot; slots permuted, two padding entries.
+template <class Op, class In>
+void check_decode_many(std::int64_t dk, std::int64_t dv) {
+  const std::int64_t N = 200, H = 16, P = N + 9;
+  std::vector<std::int32_t> index(N);
+  for (std::int64_t n = 0; n < N; ++n) index[n] = static_cast<std::int32_t>((n * 37 + 5) % P);
+  index[17] = -1;
+  index[150] = static_cast<std::int32_t>(P + 3);  // out of the pool: skipped too
+  check_decode_pool<Op, In>(dk, dv, 1.f, H, P, index, 2);
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("decode step through a state pool", "[cuda][decode]", vla::op::Vla, vla::op::LinearAttention,
@@ -105,6 +126,18 @@ TEMPLATE_TEST_CASE("decode step through a state pool", "[cuda][decode]", vla::op
   check_decode<TestType, float>(32, 128);
   check_decode<TestType, __nv_bfloat16>(128, 64);
   check_decode<TestType, __half>(64, 32);
+}
+
+TEMPLATE_TEST_CASE("decode step with huge finite q (~1e37): finite outputs that match the CPU", "[cuda][decode][huge]",
+                   vla::op::Vla, vla::op::LinearAttention) {
+  check_decode<TestType, float>(64, 64, 1e37f);
+  check_decode<TestType, float>(128, 32, 1e37f);
+}
+
+TEMPLATE_TEST_CASE("decode step, many pairs (several per warp)", "[cuda][decode]", vla::op::Vla, vla::op::LinearAttention,
+                   vla::op::DeltaNet) {
+  check_decode_many<TestType, __nv_bfloat16>(64, 64);
+  check_decode_many<TestType, float>(32, 128);
 }
 
 TEST_CASE("init_states writes the fresh state", "[cuda][decode]") {

@@ -2,10 +2,13 @@
 // fresh states for a pool.
 //
 // A decode step is the forward at T = 1 with the initial and final state being the same buffers
-// (SPEC 3: a decode step is the T = 1 case); it runs the forward's step code (the same A-scan and
-// S-scan) in a persistent kernel that stages the next pairs' states by cp.async while it steps the
-// current one, since a decode step is bound by moving the state. States can live in a pool: state_index[n] names the slot of sequence n; a negative index marks a padding
-// entry that is skipped (its outputs are not written, no state is touched).
+// (SPEC 3: a decode step is the T = 1 case). It is bound by moving the state, so it has its own
+// kernel (detail/decode_kernel.cuh): one warp per (sequence, head) pair, the state brought into
+// shared memory by the bulk-copy engine and written back straight from registers, as many pairs
+// in flight per SM as slots fit. States can live in a pool: state_index[n] names the slot of
+// sequence n; a negative index (or one ≥ pool_size) marks a padding entry that is skipped (its
+// outputs are not written, no state is touched). The state buffers A, S and z must be 16-byte
+// aligned, the slots distinct.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -76,9 +79,10 @@ Status decode_step(const DecodeArgs<In>& d, const Config& cfg, cudaStream_t stre
     return Status::invalid("vla::cuda::decode_step: pool_size < batch needs a state_index");
   const bool aligned = detail::aligned16(d.q) && detail::aligned16(d.k) && detail::aligned16(d.v) &&
                        detail::aligned16(d.o) && (!Op::uses_u || detail::aligned16(d.u)) &&
-                       detail::aligned16(d.state.A) && detail::aligned16(d.state.S);
+                       detail::aligned16(d.state.A) && detail::aligned16(d.state.S) &&
+                       (!Op::uses_z || detail::aligned16(d.state.z));
   if (!aligned)
-    return Status::invalid("vla::cuda::decode_step: q, k, v, u, o and the state buffers A, S must be 16-byte aligned");
+    return Status::invalid("vla::cuda::decode_step: q, k, v, u, o and the state buffers A, S, z must be 16-byte aligned");
   if (d.batch == 0) return {};
 
   detail::RecurrentParams<In> p;

@@ -24,6 +24,8 @@
 #include "vla/config.hpp"
 #include "vla/layout.hpp"
 #include "vla/cuda/detail/dispatch.cuh"
+#include "vla/cuda/detail/baseline_kernel.cuh"
+#include "vla/cuda/detail/decode_kernel.cuh"
 #include "vla/cuda/detail/recurrent_kernel.cuh"
 #include "vla/cuda/status.cuh"
 
@@ -89,8 +91,13 @@ Status scan_inputs(const In* const* bufs, const std::int64_t* counts, const char
   return {};
 }
 
-/// Default tokens per chunk for head dims (dk, dv).
-inline int default_chunk(std::int64_t dk, std::int64_t dv) { return std::max(dk, dv) <= 64 ? 32 : 16; }
+/// Default tokens per chunk for head dims (dk, dv): VLA's role-split kernel 32 (16 above d = 64),
+/// the baselines' single-role kernel 64 (32), as measured (bench/gpu/RESULTS.md).
+template <class Op>
+int default_chunk(std::int64_t dk, std::int64_t dv) {
+  const bool single_role = !Op::uses_A && VLA_CUDA_BASELINE_SINGLE_ROLE;
+  return std::max(dk, dv) <= 64 ? (single_role ? 64 : 32) : (single_role ? 32 : 16);
+}
 
 /// What a launch needs to know about the current device, queried once per device and cached
 /// (the queries cost microseconds, a decode step itself only a few).
@@ -161,13 +168,29 @@ Status prepare_kernel(Kernel kernel, int threads, std::size_t smem, int* per_sm 
 /// be set; it is lowered while the shared memory it needs exceeds the device's opt-in limit.
 template <class Op, class In, int DK, int DV>
 Status launch_recurrent(RecurrentParams<In> p, std::int64_t blocks, cudaStream_t stream) {
-  using G = GeometryOf<Op, DK, DV>;
-  using Lay = SmemLayout<Op, In, DK, DV>;
   if (blocks == 0) return {};
   if (blocks > 0x7fffffffLL) return Status::invalid("vla::cuda: batch × heads exceeds the grid limit (2^31 − 1)");
   DeviceInfo dev;
   Status st = device_info(dev);
   if (!st) return st;
+#if VLA_CUDA_BASELINE_SINGLE_ROLE
+  if constexpr (!Op::uses_A) {  // the baselines: single-role kernel (baseline_kernel.cuh)
+    using BG = BaselineGeometry<DK, DV>;
+    using BL = BaselineLayout<In, DK, DV, Op::uses_z>;
+    while (p.chunk > 1 && BL(p.chunk).bytes() > static_cast<std::size_t>(dev.optin_smem)) p.chunk /= 2;
+    const std::size_t smem = BL(p.chunk).bytes();
+    if (smem > static_cast<std::size_t>(dev.optin_smem))
+      return Status::invalid("vla::cuda: the kernel needs more shared memory than this device offers");
+    auto kernel = &baseline_kernel<Op, In, DK, DV>;
+    st = prepare_kernel<KernelTag<Op, In, DK, DV, 3>>(kernel, BG::NT, smem);
+    if (!st) return st;
+    kernel<<<static_cast<unsigned>(blocks), BG::NT, smem, stream>>>(p);
+    return Status::from_cuda(cudaGetLastError(), "vla::cuda: kernel launch");
+  } else
+#endif
+  {
+  using G = GeometryOf<Op, DK, DV>;
+  using Lay = SmemLayout<Op, In, DK, DV>;
   while (p.chunk > 1 && Lay(p.chunk).bytes() > static_cast<std::size_t>(dev.optin_smem)) p.chunk /= 2;
   const std::size_t smem = Lay(p.chunk).bytes();
   if (smem > static_cast<std::size_t>(dev.optin_smem))
@@ -177,17 +200,32 @@ Status launch_recurrent(RecurrentParams<In> p, std::int64_t blocks, cudaStream_t
   if (!st) return st;
   kernel<<<static_cast<unsigned>(blocks), G::NT, smem, stream>>>(p);
   return Status::from_cuda(cudaGetLastError(), "vla::cuda: kernel launch");
+  }
 }
 
 /// Launches the decode kernel: p.pairs (sequence, head) pairs over as many persistent CTAs as fit.
 template <class Op, class In, int DK, int DV>
 Status launch_decode(RecurrentParams<In> p, cudaStream_t stream) {
-  using G = GeometryOf<Op, DK, DV>;
-  using D = DecodeLayout<Op, In, DK, DV>;
   if (p.pairs == 0) return {};
   DeviceInfo dev;
   Status st = device_info(dev);
   if (!st) return st;
+#if VLA_CUDA_DECODE_WARP
+  {  // one warp per pair, as many warps (slots) per CTA as fit, one CTA per SM (decode_kernel.cuh)
+    using W = WarpDecodeLayout<Op, In, DK, DV>;
+    const int nw = static_cast<int>(std::min<std::size_t>(16, static_cast<std::size_t>(dev.optin_smem) / W::bytes));
+    if (nw < 1) return Status::invalid("vla::cuda: the decode kernel needs more shared memory than this device offers");
+    const std::size_t smem = std::size_t(nw) * W::bytes;
+    auto kernel = &decode_warp_kernel<Op, In, DK, DV>;
+    st = prepare_kernel<KernelTag<Op, In, DK, DV, 2>>(kernel, 32 * nw, smem);
+    if (!st) return st;
+    const std::int64_t blocks = std::min<std::int64_t>((p.pairs + nw - 1) / nw, dev.sms);
+    kernel<<<static_cast<unsigned>(blocks), 32 * nw, smem, stream>>>(p);
+    return Status::from_cuda(cudaGetLastError(), "vla::cuda: decode kernel launch");
+  }
+#else
+  using G = GeometryOf<Op, DK, DV>;
+  using D = DecodeLayout<Op, In, DK, DV>;
   const std::size_t smem = D::bytes();
   if (smem > static_cast<std::size_t>(dev.optin_smem))
     return Status::invalid("vla::cuda: the decode kernel needs more shared memory than this device offers");
@@ -198,6 +236,7 @@ Status launch_decode(RecurrentParams<In> p, cudaStream_t stream) {
   const std::int64_t blocks = std::min<std::int64_t>(p.pairs, std::int64_t(std::max(per_sm, 1)) * dev.sms);
   kernel<<<static_cast<unsigned>(blocks), G::NT, smem, stream>>>(p);
   return Status::from_cuda(cudaGetLastError(), "vla::cuda: decode kernel launch");
+#endif
 }
 
 /// Config constants, rounded to float once (as the CPU float backend does).
@@ -295,7 +334,7 @@ Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t 
   p.z1 = a.final_state.z;
   p.steps1 = a.final_state.steps;
   detail::set_constants(p, cfg, a.dk);
-  const int chunk = opt.chunk > 0 ? opt.chunk : detail::default_chunk(a.dk, a.dv);
+  const int chunk = opt.chunk > 0 ? opt.chunk : detail::default_chunk<Op>(a.dk, a.dv);
   p.chunk = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(chunk, detail::pow2_at_least(longest))));
   const std::int64_t blocks = a.batch * a.heads;
   return detail::dispatch_head_dims(a.dk, a.dv, [&](auto dk_c, auto dv_c) {
