@@ -5,6 +5,8 @@
 # flash-linear-attention as wheels in .whl/ (see bench/gpu/RESULTS.md for how they are fetched).
 #
 #   bash bench/gpu/run_gpu.sh [--quick]        logs and CSVs go to $OUT (default: build-gpu/out)
+#   VLA_GPU_VARIANTS=ON also builds, tests and times the variant kernels (cmake/VlaCuda.cmake);
+#   VLA_CTEST_EXCLUDE=regex leaves matching tests out (e.g. _v1$: build and time the variant only).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 quick=""
@@ -34,7 +36,7 @@ echo "   built in $(( $(date +%s) - t0 )) s"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader 2>/dev/null | sed 's/^/   gpu: /'
 
 echo "== GPU tests"
-timeout 200 ctest --test-dir "$build" -L cuda -V >"$out/tests.log" 2>&1
+timeout 200 ctest --test-dir "$build" -L cuda ${VLA_CTEST_EXCLUDE:+-E "$VLA_CTEST_EXCLUDE"} -V >"$out/tests.log" 2>&1
 test_rc=$?
 python3 "$root/bench/gpu/errors.py" "$out/tests.log"
 grep -E "tests passed|tests failed|Failed|Skipped|FAILED|REQUIRE|CHECK\(" "$out/tests.log" | head -40
