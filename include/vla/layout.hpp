@@ -14,6 +14,8 @@
 #include <string>
 #include <type_traits>
 
+#include "vla/detail/rules.hpp"  // VLA_HOST_DEVICE
+
 namespace vla {
 
 /// Per-(sequence, head) state buffers. T is the state scalar, const-qualified for an input state.
@@ -54,6 +56,16 @@ struct ForwardArgs {
 
   bool varlen() const { return cu_seqlens != nullptr; }
 };
+
+/// Where sequence n's tokens are on the token axis: [first, first + length). The one place that
+/// reads the two layouts, shared by the CPU backend and the CUDA kernels.
+struct TokenSpan {
+  std::int64_t first, length;
+};
+VLA_HOST_DEVICE TokenSpan token_span(const std::int64_t* cu_seqlens, std::int64_t seq_len, std::int64_t n) {
+  if (cu_seqlens) return {cu_seqlens[n], cu_seqlens[n + 1] - cu_seqlens[n]};
+  return {n * seq_len, seq_len};
+}
 
 namespace detail {
 

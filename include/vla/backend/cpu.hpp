@@ -42,12 +42,6 @@ using CRowMat = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dy
 template <class Scalar>
 using RowMat = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
 
-/// Where sequence n's tokens are: [first, first + length) on the token axis.
-template <class Scalar>
-struct TokenSpan {
-  std::int64_t first, length;
-};
-
 /// How the CPU backend loads, steps and stores each op's single-head state.
 template <class Op, class Scalar>
 struct CpuOp;
@@ -227,17 +221,13 @@ struct BackendTraits<backend::Cpu> {
     // pulls a block's inputs into cache and the other heads find them there; one head's state is
     // reloaded once per block, not per step. Each pair still runs its steps in order, so results
     // are bitwise those of one head at a time, on any thread count.
-    std::int64_t longest = a.seq_len;
-    if (a.varlen()) {
-      longest = 0;
-      for (std::int64_t n = 0; n < a.batch; ++n) longest = std::max(longest, a.cu_seqlens[n + 1] - a.cu_seqlens[n]);
-    }
+    std::int64_t longest = 0;
+    for (std::int64_t n = 0; n < a.batch; ++n) longest = std::max(longest, token_span(a.cu_seqlens, a.seq_len, n).length);
     detail::parallel_ranges(pairs, opt.threads, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t b0 = 0; b0 < longest; b0 += kTimeBlock)
         for (std::int64_t p = begin; p < end; ++p) {
-          const std::int64_t n = p / a.heads, h = p % a.heads;
-          const std::int64_t first = a.varlen() ? a.cu_seqlens[n] : n * a.seq_len;
-          const std::int64_t len = a.varlen() ? a.cu_seqlens[n + 1] - first : a.seq_len;
+          const std::int64_t h = p % a.heads;
+          const auto [first, len] = token_span(a.cu_seqlens, a.seq_len, p / a.heads);
           auto& st = states[static_cast<std::size_t>(p)];
           const std::int64_t stop = first + std::min(len, b0 + kTimeBlock);
           for (std::int64_t t = first + b0; t < stop; ++t) {

@@ -98,14 +98,8 @@ __global__ void __launch_bounds__(BaselineGeometry<DK, DV>::NT, (BaselineGeometr
   const std::int64_t H = p.heads;
   const std::int64_t pair = blockIdx.x;
   const std::int64_t n = pair / H, h = pair % H;
-  std::int64_t bos, len;
-  if (p.cu_seqlens) {
-    bos = p.cu_seqlens[n];
-    len = p.cu_seqlens[n + 1] - bos;
-  } else {
-    bos = n * p.seq_len;
-    len = p.seq_len;
-  }
+  const TokenSpan span = token_span(p.cu_seqlens, p.seq_len, n);
+  const std::int64_t bos = span.first, len = span.length;
 
   // ---- stage a chunk of raw tokens with cp.async (16-byte pieces)
   auto issue_chunk = [&](std::int64_t first, int ntok) {

@@ -642,14 +642,8 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
   const std::int64_t H = p.heads;
   const std::int64_t pair = blockIdx.x;
   const std::int64_t n = pair / H, h = pair % H;
-  std::int64_t bos, len;
-  if (p.cu_seqlens) {
-    bos = p.cu_seqlens[n];
-    len = p.cu_seqlens[n + 1] - bos;
-  } else {
-    bos = n * p.seq_len;
-    len = p.seq_len;
-  }
+  const TokenSpan span = token_span(p.cu_seqlens, p.seq_len, n);
+  const std::int64_t bos = span.first, len = span.length;
   const std::int64_t nchunks = (len + C - 1) / C;
   auto ntok_of = [&](std::int64_t c) { return static_cast<int>(len - c * C < C ? len - c * C : C); };
 
