@@ -85,28 +85,11 @@ Status decode_step(const DecodeArgs<In>& d, const Config& cfg, cudaStream_t stre
     return Status::invalid("vla::cuda::decode_step: q, k, v, u, o and the state buffers A, S, z must be 16-byte aligned");
   if (d.batch == 0) return {};
 
-  detail::RecurrentParams<In> p;
-  p.heads = d.heads;
-  p.seq_len = 1;
-  p.q = d.q;
-  p.k = d.k;
-  p.v = d.v;
-  p.u = d.u;
-  p.beta = d.beta;
-  p.o = d.o;
-  p.A0 = d.state.A;
-  p.S0 = d.state.S;
-  p.z0 = d.state.z;
-  p.steps0 = d.state.steps;
-  p.A1 = d.state.A;
-  p.S1 = d.state.S;
-  p.z1 = d.state.z;
-  p.steps1 = d.state.steps;
+  detail::RecurrentParams<In> p = detail::make_params(a, cfg);  // a: the T = 1 view built above
   p.state_index = d.state_index;
   p.pool_size = pool;
   p.pairs = d.batch * d.heads;
   p.chunk = 1;
-  detail::set_constants(p, cfg, d.dk);
   return detail::dispatch_head_dims(d.dk, d.dv, [&](auto dk_c, auto dv_c) {
     return detail::launch_decode<Op, In, decltype(dk_c)::value, decltype(dv_c)::value>(p, stream);
   });

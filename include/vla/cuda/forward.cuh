@@ -239,17 +239,37 @@ Status launch_decode(RecurrentParams<In> p, cudaStream_t stream) {
 #endif
 }
 
-/// Config constants, rounded to float once (as the CPU float backend does).
+/// The kernel parameters for a forward's buffers and config: tokens, both states, and the config's
+/// constants rounded to float once (as the CPU float backend does). The forward and the decode step
+/// (a T = 1 forward over a pool) both start from this.
 template <class In>
-void set_constants(RecurrentParams<In>& p, const Config& cfg, std::int64_t dk) {
-  const float lambda0 = static_cast<float>(cfg.lambda0);
-  p.inv_lambda0 = 1.f / lambda0;
+RecurrentParams<In> make_params(const ForwardArgs<In, float>& a, const Config& cfg) {
+  RecurrentParams<In> p;
+  p.heads = a.heads;
+  p.seq_len = a.varlen() ? 0 : a.seq_len;
+  p.cu_seqlens = a.cu_seqlens;
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.u = a.u;
+  p.beta = a.beta;
+  p.o = a.o;
+  p.A0 = a.initial_state.A;
+  p.S0 = a.initial_state.S;
+  p.z0 = a.initial_state.z;
+  p.steps0 = a.initial_state.steps;
+  p.A1 = a.final_state.A;
+  p.S1 = a.final_state.S;
+  p.z1 = a.final_state.z;
+  p.steps1 = a.final_state.steps;
+  p.inv_lambda0 = 1.f / static_cast<float>(cfg.lambda0);
   p.stab_eps = static_cast<float>(cfg.stab_eps);
   p.refresh_eps = static_cast<float>(cfg.refresh_eps);
   p.denom_eps = static_cast<float>(cfg.denom_eps);
-  p.inv_sqrt_dk = 1.f / std::sqrt(static_cast<float>(dk));
+  p.inv_sqrt_dk = 1.f / std::sqrt(static_cast<float>(a.dk));
   p.refresh_period = cfg.refresh_period;
   p.normalize = cfg.normalize_output ? 1 : 0;
+  return p;
 }
 
 inline std::int64_t pow2_at_least(std::int64_t x) {
@@ -315,25 +335,7 @@ Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t 
     if (!st) return st;
   }
 
-  detail::RecurrentParams<In> p;
-  p.heads = a.heads;
-  p.seq_len = a.varlen() ? 0 : a.seq_len;
-  p.cu_seqlens = a.cu_seqlens;
-  p.q = a.q;
-  p.k = a.k;
-  p.v = a.v;
-  p.u = a.u;
-  p.beta = a.beta;
-  p.o = a.o;
-  p.A0 = a.initial_state.A;
-  p.S0 = a.initial_state.S;
-  p.z0 = a.initial_state.z;
-  p.steps0 = a.initial_state.steps;
-  p.A1 = a.final_state.A;
-  p.S1 = a.final_state.S;
-  p.z1 = a.final_state.z;
-  p.steps1 = a.final_state.steps;
-  detail::set_constants(p, cfg, a.dk);
+  detail::RecurrentParams<In> p = detail::make_params(a, cfg);
   const int chunk = opt.chunk > 0 ? opt.chunk : detail::default_chunk<Op>(a.dk, a.dv);
   p.chunk = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(chunk, detail::pow2_at_least(longest))));
   const std::int64_t blocks = a.batch * a.heads;

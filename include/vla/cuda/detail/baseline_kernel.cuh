@@ -184,14 +184,7 @@ __global__ void __launch_bounds__(BaselineGeometry<DK, DV>::NT, (BaselineGeometr
           if (rules::is_finite(zq)) {
             den = rules::output_denominator<float>(zq, p.denom_eps);
           } else {
-            float qv[KPL], m = 0.f;
-#pragma unroll
-            for (int i = 0; i < KPL; ++i) qv[i] = Qf[tau * DK + lane + 32 * i], m = fmaxf(m, fabsf(qv[i]));
-            m = group_max<32>(m);
-            float a2 = 0.f;
-#pragma unroll
-            for (int i = 0; i < KPL; ++i) a2 += PO[tau * DK + lane + 32 * i] * (qv[i] / m);
-            zs = group_sum<32>(a2);
+            zs = scaled_dot_warp<KPL>(Qf + tau * DK, PO + tau * DK, lane);
             den = __int_as_float(0x7fffffff);
           }
         }

@@ -53,6 +53,20 @@ __device__ __forceinline__ float group_max(float x) {
   return x;
 }
 
+/// zᵀq̃ with q̃ = q / max|q| over one warp (lane owns entries lane + 32·i, i < KPL): the huge-q
+/// path of SPEC 2.6's normaliser (rules::rescaled_output), shared by the VLA and baseline kernels.
+template <int KPL>
+__device__ __forceinline__ float scaled_dot_warp(const float* q, const float* z, int lane) {
+  float qv[KPL], m = 0.f;
+#pragma unroll
+  for (int i = 0; i < KPL; ++i) qv[i] = q[lane + 32 * i], m = fmaxf(m, fabsf(qv[i]));
+  m = group_max<32>(m);
+  float a2 = 0.f;
+#pragma unroll
+  for (int i = 0; i < KPL; ++i) a2 += z[lane + 32 * i] * (qv[i] / m);
+  return group_sum<32>(a2);
+}
+
 /// The same over the aligned group of W lanes named by `mask` (W < 32: the other lanes of the
 /// warp need not take part), for code that only that group runs.
 template <int W>

@@ -361,14 +361,7 @@ struct Recurrence {
         if (rules::is_finite(acc)) {
           den = rules::output_denominator<float>(acc, denom_eps);
         } else {  // rare: zᵀq overflowed (huge q); zᵀq̃ instead, den marked
-          float qv[KPL], m = 0.f;
-#pragma unroll
-          for (int i = 0; i < KPL; ++i) qv[i] = p.qf[tau * DK + lane + 32 * i], m = fmaxf(m, fabsf(qv[i]));
-          m = group_max<32>(m);
-          float a2 = 0.f;
-#pragma unroll
-          for (int i = 0; i < KPL; ++i) a2 += zb[tau * DK + lane + 32 * i] * (qv[i] / m);
-          zs = group_sum<32>(a2);
+          zs = scaled_dot_warp<KPL>(p.qf + tau * DK, zb + tau * DK, lane);
           den = __int_as_float(0x7fffffff);
         }
       }
