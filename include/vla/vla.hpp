@@ -4,6 +4,7 @@
 #include "vla/backend/backend.hpp"
 #include "vla/backend/cpu.hpp"
 #include "vla/baselines.hpp"
+#include "vla/chunked.hpp"
 #include "vla/config.hpp"
 #include "vla/diagnostics.hpp"
 #include "vla/feature_map.hpp"

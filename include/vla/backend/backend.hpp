@@ -34,6 +34,12 @@ struct DeltaNet {
 };
 }  // namespace op
 
+/// Which form of the recurrence a forward runs (shared by every backend's options).
+///  - recurrent: token by token, docs/maths.md §2 as written (matrix–vector work);
+///  - chunked: chunks of tokens through docs/maths.md §4 (matrix–matrix work; VLA and DeltaNet);
+///  - automatic: the backend picks by the measured crossover (README, "Performance").
+enum class Path { automatic, recurrent, chunked };
+
 /// Specialised by each backend: `template <class Op, ...> static R forward(args, cfg, context...)`.
 template <class Backend>
 struct BackendTraits;

@@ -18,6 +18,7 @@
 
 #include "vla/backend/backend.hpp"
 #include "vla/baselines.hpp"
+#include "vla/chunked.hpp"
 #include "vla/state.hpp"
 
 namespace vla {
@@ -29,6 +30,14 @@ struct CpuOptions {
   /// Finiteness, symmetry and a positive diagonal are always checked. A decode loop feeding back
   /// states that vla itself produced may turn this off: the factorisation costs more than a step.
   bool check_positive_definite = true;
+  /// Recurrent (§2 token by token) or chunked (§4; VLA and DeltaNet). `automatic` takes the chunked
+  /// path for sequences of at least kChunkedFrom tokens, where it measured faster (bench/RESULTS.md).
+  Path path = Path::automatic;
+  /// Tokens per chunk of the chunked path; 0 = the default (kDefaultChunk).
+  int chunk = 0;
+
+  static constexpr int kDefaultChunk = 64;
+  static constexpr std::int64_t kChunkedFrom = 256;
 };
 
 namespace detail {
@@ -58,11 +67,31 @@ struct CpuOp<op::Vla, Scalar> {
     return State(snap, cfg, opt.check_positive_definite);
   }
   static void store(const State& st, const ForwardArgs<Scalar>& a, std::int64_t p) {
+    store_parts(st.A(), st.S(), st.z(), st.steps(), a, p);
+  }
+  static void store_parts(const Matrix<Scalar>& A, const Matrix<Scalar>& S, const Vector<Scalar>& z,
+                          std::int64_t steps, const ForwardArgs<Scalar>& a, std::int64_t p) {
     const auto& s = a.final_state;
-    RowMat<Scalar>(s.A + p * a.dk * a.dk, a.dk, a.dk) = st.A();
-    RowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk) = st.S();
-    MMap<Scalar>(s.z + p * a.dk, a.dk) = st.z();
-    s.steps[p] = st.steps();
+    RowMat<Scalar>(s.A + p * a.dk * a.dk, a.dk, a.dk) = A;
+    RowMat<Scalar>(s.S + p * a.dv * a.dk, a.dv, a.dk) = S;
+    MMap<Scalar>(s.z + p * a.dk, a.dk) = z;
+    s.steps[p] = steps;
+  }
+  /// Sequence tokens [first, first + len) of head h in chunks (docs/maths.md §4); stores the final
+  /// state when asked.
+  static void run_chunked(const State& st, const ForwardArgs<Scalar>& a, std::int64_t p, TokenSpan span,
+                          std::int64_t chunk, chunked::Workspace<Scalar>& ws, const chunked::Constants<Scalar>& c) {
+    VlaSnapshot<Scalar> x = st.save();
+    const std::int64_t h = p % a.heads, ldk = a.heads * a.dk, ldv = a.heads * a.dv;
+    for (std::int64_t t0 = 0; t0 < span.length; t0 += chunk) {
+      const std::int64_t n = std::min(chunk, span.length - t0), tok = span.first + t0;
+      const std::int64_t xk = (tok * a.heads + h) * a.dk, xv = (tok * a.heads + h) * a.dv;
+      chunked::vla_chunk(x.A, x.S, x.z, x.steps, c, chunked::token_rows(a.q + xk, n, a.dk, ldk),
+                         chunked::token_rows(a.k + xk, n, a.dk, ldk), chunked::token_rows(a.v + xv, n, a.dv, ldv),
+                         chunked::token_rows(a.u + xk, n, a.dk, ldk), ws,
+                         chunked::TokenRowsOut<Scalar>(a.o + xv, n, a.dv, Eigen::OuterStride<>(ldv)));
+    }
+    if (a.final_state.S) store_parts(x.A, x.S, x.z, x.steps, a, p);
   }
   template <class Out>
   static void step(State& st, const ForwardArgs<Scalar>& a, std::int64_t tok, std::int64_t h, Out&& o) {
@@ -101,6 +130,23 @@ struct CpuOp<op::DeltaNet, Scalar> {
   }
   static void store(const State& st, const ForwardArgs<Scalar>& a, std::int64_t p) {
     RowMat<Scalar>(a.final_state.S + p * a.dv * a.dk, a.dv, a.dk) = st.S();
+  }
+  /// The chunked delta rule (docs/maths.md §4, S part, write directions k̂ and step sizes β).
+  static void run_chunked(const State& st, const ForwardArgs<Scalar>& a, std::int64_t p, TokenSpan span,
+                          std::int64_t chunk, chunked::Workspace<Scalar>& ws, const chunked::Constants<Scalar>&) {
+    Matrix<Scalar> S = st.S();
+    const std::int64_t h = p % a.heads, ldk = a.heads * a.dk, ldv = a.heads * a.dv;
+    for (std::int64_t t0 = 0; t0 < span.length; t0 += chunk) {
+      const std::int64_t n = std::min(chunk, span.length - t0), tok = span.first + t0;
+      const std::int64_t xk = (tok * a.heads + h) * a.dk, xv = (tok * a.heads + h) * a.dv;
+      chunked::unit_rows<Scalar>(chunked::token_rows(a.k + xk, n, a.dk, ldk), Scalar(1), ws.khat);
+      for (std::int64_t t = 0; t < n; ++t) ws.beta[t] = a.beta[(tok + t) * a.heads + h];
+      chunked::delta_rule_chunk<Scalar>(S, ws.khat.topRows(n), ws.khat.topRows(n),
+                                        chunked::token_rows(a.v + xv, n, a.dv, ldv),
+                                        chunked::token_rows(a.q + xk, n, a.dk, ldk), ws.beta.data(), ws);
+      chunked::TokenRowsOut<Scalar>(a.o + xv, n, a.dv, Eigen::OuterStride<>(ldv)) = ws.num.topRows(n);
+    }
+    if (a.final_state.S) RowMat<Scalar>(a.final_state.S + p * a.dv * a.dk, a.dv, a.dk) = S;
   }
   template <class Out>
   static void step(State& st, const ForwardArgs<Scalar>& a, std::int64_t tok, std::int64_t h, Out&& o) {
@@ -200,6 +246,10 @@ struct BackendTraits<backend::Cpu> {
     cfg.validate_for<Scalar>();
     detail::check_args<Op>(a);
     if (opt.threads < 0) detail::bad_arg("CpuOptions::threads must be >= 0");
+    if (opt.chunk < 0) detail::bad_arg("CpuOptions::chunk must be >= 0");
+    constexpr bool has_chunked = !std::is_same<Op, op::LinearAttention>::value;
+    if (!has_chunked && opt.path == Path::chunked)
+      detail::bad_arg(std::string(Op::name) + ": no chunked path (Path::chunked is for VLA and DeltaNet)");
     const std::int64_t tokens = a.varlen() ? detail::check_cu_seqlens(a.cu_seqlens, a.batch) : a.batch * a.seq_len;
     detail::require_finite_buffer(a.q, tokens * a.heads * a.dk, "q");
     detail::require_finite_buffer(a.k, tokens * a.heads * a.dk, "k");
@@ -223,6 +273,12 @@ struct BackendTraits<backend::Cpu> {
     // are bitwise those of one head at a time, on any thread count.
     std::int64_t longest = 0;
     for (std::int64_t n = 0; n < a.batch; ++n) longest = std::max(longest, token_span(a.cu_seqlens, a.seq_len, n).length);
+    if constexpr (has_chunked) {
+      if (opt.path == Path::chunked || (opt.path == Path::automatic && longest >= CpuOptions::kChunkedFrom)) {
+        forward_chunked<Op>(a, cfg, opt, states);
+        return;
+      }
+    }
     detail::parallel_ranges(pairs, opt.threads, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t b0 = 0; b0 < longest; b0 += kTimeBlock)
         for (std::int64_t p = begin; p < end; ++p) {
@@ -237,6 +293,23 @@ struct BackendTraits<backend::Cpu> {
         }
       if (a.final_state.S)
         for (std::int64_t p = begin; p < end; ++p) Ops::store(states[static_cast<std::size_t>(p)], a, p);
+    });
+  }
+
+ private:
+  /// The chunked path (docs/maths.md §4) over validated states: each (sequence, head) pair on one
+  /// thread, chunk after chunk, so results do not depend on the thread count.
+  template <class Op, class Scalar, class State>
+  static void forward_chunked(const ForwardArgs<Scalar, Scalar>& a, const Config& cfg, const CpuOptions& opt,
+                              const std::vector<State>& states) {
+    using Ops = detail::CpuOp<Op, Scalar>;
+    const std::int64_t chunk = opt.chunk > 0 ? opt.chunk : CpuOptions::kDefaultChunk;
+    const chunked::Constants<Scalar> c(cfg, a.dk);
+    detail::parallel_ranges(a.batch * a.heads, opt.threads, [&](std::int64_t begin, std::int64_t end) {
+      chunked::Workspace<Scalar> ws(chunk, a.dk, a.dv);
+      for (std::int64_t p = begin; p < end; ++p)
+        Ops::run_chunked(states[static_cast<std::size_t>(p)], a, p, token_span(a.cu_seqlens, a.seq_len, p / a.heads),
+                         chunk, ws, c);
     });
   }
 };
