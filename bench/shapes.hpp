@@ -15,7 +15,7 @@ inline constexpr std::array<std::int64_t, 3> kHeadDims{32, 64, 128};
 inline constexpr std::array<std::int64_t, 2> kBatchHeads{1, 16};
 inline constexpr std::array<std::int64_t, 2> kSeqLens{1024, 16384};
 
-/// SPEC 2's count: about 6 matrix–vector products of size dk² per token per head.
+/// docs/maths.md §2's count: about 6 matrix–vector products of size dk² per token per head.
 inline constexpr double vla_flops_per_token(std::int64_t dk) { return 12.0 * double(dk) * double(dk); }
 /// Linear attention: the rank-1 write and S q.
 inline constexpr double linear_flops_per_token(std::int64_t dk) { return 4.0 * double(dk) * double(dk); }

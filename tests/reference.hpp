@@ -1,5 +1,5 @@
 // tests/reference.hpp — an independent float64 reference of the recurrences, written straight from
-// SPEC section 2 (VLA) and section 7 (linear attention, DeltaNet) with plain loops over
+// docs/maths.md §2 (VLA) and section 7 (linear attention, DeltaNet) with plain loops over
 // std::vector<double>. It uses nothing from the library: no Eigen, no vla:: class, no shared rule.
 // Matrices are row-major: A[i*dk + j], S[i*dk + j] (S is dv×dk).
 #pragma once
@@ -11,7 +11,7 @@
 
 namespace ref {
 
-/// The constants of SPEC section 2, with the SPEC's defaults (kept apart from vla::Config on purpose).
+/// The constants of docs/maths.md §2, with docs/maths.md's defaults (kept apart from vla::Config on purpose).
 struct Params {
   double lambda0 = 0.1;
   double stab_eps = 1e-4;
@@ -28,7 +28,7 @@ inline double dot(const double* a, const double* b, int n) {
 }
 inline double norm(const double* a, int n) { return std::sqrt(dot(a, a, n)); }
 
-/// One VLA head, SPEC section 2 step by step.
+/// One VLA head, docs/maths.md §2 step by step.
 struct Vla {
   int dk, dv;
   Params p;
@@ -81,7 +81,7 @@ struct Vla {
   }
 };
 
-/// Linear attention (SPEC 7): S ← S + v kᵀ; z ← z + k; o = S q / max(zᵀq, ε_den).
+/// Linear attention (docs/maths.md §7): S ← S + v kᵀ; z ← z + k; o = S q / max(zᵀq, ε_den).
 struct LinearAttention {
   int dk, dv;
   Params p;
@@ -96,7 +96,7 @@ struct LinearAttention {
   }
 };
 
-/// DeltaNet (SPEC 7): k̂ = k/‖k‖; S ← S + β (v − S k̂) k̂ᵀ; o = S q. A zero key writes nothing.
+/// DeltaNet (docs/maths.md §7): k̂ = k/‖k‖; S ← S + β (v − S k̂) k̂ᵀ; o = S q. A zero key writes nothing.
 struct DeltaNet {
   int dk, dv;
   std::vector<double> S;

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
@@ -148,6 +149,55 @@ void run_vla(vla::VlaState<Scalar>& st, const Stream& s, int t0, int t1, std::ve
                                           CMap<Scalar>(v.data() + t * dv, s.dv), CMap<Scalar>(u.data() + t * dk, s.dk));
     for (Eigen::Index i = 0; i < o.size(); ++i) out.push_back(double(o[i]));
   }
+}
+
+// ---- Adversarial streams (docs/maths.md §6), rounded to float: shared by the stability tests of
+// the recurrent path and the chunked path's tests.
+enum class Kind { Aligned, RepeatedKey, RepeatedAligned, Subspace, Drift, Outliers };
+inline const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::Aligned: return "aligned (u = k)";
+    case Kind::RepeatedKey: return "one key repeated";
+    case Kind::RepeatedAligned: return "one key repeated, u = k";
+    case Kind::Subspace: return "u in a quarter subspace";
+    case Kind::Drift: return "value scale drift 1e3";
+    case Kind::Outliers: return "rare 1e3 outliers";
+  }
+  return "?";
+}
+
+inline Stream adversarial(Kind kind, int dk, int dv, int T, unsigned seed) {
+  Stream s = random_stream(dk, dv, T, seed);
+  std::mt19937 rng(seed + 1000);
+  switch (kind) {
+    case Kind::Aligned:  // penalty directions are the keys themselves
+      s.u = s.k;
+      break;
+    case Kind::RepeatedKey:  // every step writes with the same key
+      for (int t = 1; t < T; ++t) std::copy(s.k.begin(), s.k.begin() + dk, s.k.begin() + std::ptrdiff_t(t) * dk);
+      break;
+    case Kind::RepeatedAligned:  // the same key every step, and it is the penalty direction too:
+      // M grows along one direction only (rank-1 growth, cond(A) ~ t/dk/λ0 without the refresh)
+      for (int t = 1; t < T; ++t) std::copy(s.k.begin(), s.k.begin() + dk, s.k.begin() + std::ptrdiff_t(t) * dk);
+      s.u = s.k;
+      break;
+    case Kind::Subspace:  // û confined to the first dk/4 coordinates
+      for (int t = 0; t < T; ++t)
+        for (int i = dk / 4; i < dk; ++i) s.u[std::size_t(t) * dk + i] = 0;
+      break;
+    case Kind::Drift:  // |v| drifts over three decades
+      for (int t = 0; t < T; ++t)
+        for (int i = 0; i < dv; ++i) s.v[std::size_t(t) * dv + i] *= std::pow(1e3, double(t) / (T - 1));
+      break;
+    case Kind::Outliers:  // one step in 500 has v and k a thousand times larger
+      for (int t = 0; t < T; ++t)
+        if (rng() % 500 == 0) {
+          for (int i = 0; i < dv; ++i) s.v[std::size_t(t) * dv + i] *= 1e3;
+          for (int i = 0; i < dk; ++i) s.k[std::size_t(t) * dk + i] *= 1e3;
+        }
+      break;
+  }
+  return rounded<float>(s);
 }
 
 }  // namespace vt

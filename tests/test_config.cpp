@@ -1,9 +1,9 @@
-// Config: the SPEC's defaults, and validate() naming each bad field.
+// Config: docs/maths.md's defaults, and validate() naming each bad field.
 #include <limits>
 
 #include "support.hpp"
 
-TEST_CASE("Config defaults are the SPEC's (section 2)", "[config]") {
+TEST_CASE("Config defaults are docs/maths.md's (section 2)", "[config]") {
   const vla::Config c;
   CHECK(c.lambda0 == 0.1);
   CHECK(c.stab_eps == 1e-4);

@@ -1,4 +1,4 @@
-// Zero vectors (SPEC 2: a zero key, penalty direction or α is defined behaviour, not an error) and
+// Zero vectors (docs/maths.md §2: a zero key, penalty direction or α is defined behaviour, not an error) and
 // tiny / huge but finite magnitudes: no NaN, defined results, agreement with the reference.
 #include <limits>
 

@@ -1,5 +1,5 @@
 // The batched CPU forward (fixed-length and varlen, initial state in, final state out, any thread
-// count) against single-head steps — bit for bit, the same code path — and streaming (SPEC 3): any
+// count) against single-head steps — bit for bit, the same code path — and streaming (docs/maths.md §3): any
 // split of a sequence with the state carried equals the whole run, bit for bit.
 #include "batch.hpp"
 
@@ -238,7 +238,7 @@ TEMPLATE_TEST_CASE("a zero-length forward writes the initial (or fresh) state ou
   CHECK_NOTHROW(vla::forward<vla::backend::Cpu>(e, cfg));
 }
 
-// ---- Streaming (SPEC 3)
+// ---- Streaming (docs/maths.md §3)
 
 TEMPLATE_TEST_CASE("VlaState: any split T1+T2 with save/restore equals the whole run bit for bit", "[streaming]",
                    float, double) {

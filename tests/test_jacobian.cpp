@@ -1,4 +1,4 @@
-// The recurrence Jacobian (SPEC 5): J = I − k̂ α̂ᵀ, ‖J‖₂² = (3 − 2c + √(5 − 4c))/2 with c = k̂ᵀα̂.
+// The recurrence Jacobian (docs/maths.md §5): J = I − k̂ α̂ᵀ, ‖J‖₂² = (3 − 2c + √(5 − 4c))/2 with c = k̂ᵀα̂.
 // What is true is asserted: the closed form against an SVD, ‖J‖ = 1 when α̂ = k̂, ‖J‖ < φ always.
 // "‖J‖ = 1 at every step" (the paper's Proposition 2) is false and is NOT asserted; the measured
 // per-step range over a long random stream is printed instead.
@@ -151,9 +151,9 @@ TEST_CASE("per-step Jacobian norms over a long random stream (dk=32, T=1000) lie
     if (t % 100 == 0) CHECK(std::abs(sigma_max(j) - n) <= 1e-12 * n);
   }
   const double pn = sigma_max(prod);
-  // Not "= 1 at every step": with an anisotropic A, c < 1 and the norm is above 1 (SPEC 5).
+  // Not "= 1 at every step": with an anisotropic A, c < 1 and the norm is above 1 (docs/maths.md §5).
   CHECK(hi > 1.0 + 1e-6);
-  // Products of Jacobians shrink (SPEC 5: memory fades rather than explodes). Measured 5.4e-3.
+  // Products of Jacobians shrink (docs/maths.md §5: memory fades rather than explodes). Measured 5.4e-3.
   CHECK(pn < 1.0);
   WARN("Jacobian norm per step, dk=32, T=1000, random stream (float64): min " << lo << ", max " << hi
                                                                           << "; ||J_1...J_T||_2 = " << pn);

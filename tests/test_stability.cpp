@@ -1,5 +1,5 @@
-// Long streams: boundedness of ‖S_t‖_F (SPEC 1, "Proposition 1") and adversarial streams in float
-// against double (SPEC 6), with cond(A) estimated and checked against an exact eigen-solve.
+// Long streams: boundedness of ‖S_t‖_F (docs/maths.md §1, "Proposition 1") and adversarial streams in float
+// against double (docs/maths.md §6), with cond(A) estimated and checked against an exact eigen-solve.
 #include <Eigen/Eigenvalues>
 
 #include <iostream>
@@ -62,56 +62,13 @@ TEMPLATE_TEST_CASE("Proposition 1: 10,000 bounded steps keep ||S_t||_F within a 
   }
 }
 
-// ---- Adversarial streams, float against double (SPEC 6).
+// ---- Adversarial streams, float against double (docs/maths.md §6).
 
 namespace {
 
-enum class Kind { Aligned, RepeatedKey, RepeatedAligned, Subspace, Drift, Outliers };
-const char* kind_name(Kind k) {
-  switch (k) {
-    case Kind::Aligned: return "aligned (u = k)";
-    case Kind::RepeatedKey: return "one key repeated";
-    case Kind::RepeatedAligned: return "one key repeated, u = k";
-    case Kind::Subspace: return "u in a quarter subspace";
-    case Kind::Drift: return "value scale drift 1e3";
-    case Kind::Outliers: return "rare 1e3 outliers";
-  }
-  return "?";
-}
-
-vt::Stream adversarial(Kind kind, int dk, int dv, int T, unsigned seed) {
-  vt::Stream s = vt::random_stream(dk, dv, T, seed);
-  std::mt19937 rng(seed + 1000);
-  switch (kind) {
-    case Kind::Aligned:  // penalty directions are the keys themselves
-      s.u = s.k;
-      break;
-    case Kind::RepeatedKey:  // every step writes with the same key
-      for (int t = 1; t < T; ++t) std::copy(s.k.begin(), s.k.begin() + dk, s.k.begin() + std::ptrdiff_t(t) * dk);
-      break;
-    case Kind::RepeatedAligned:  // the same key every step, and it is the penalty direction too:
-      // M grows along one direction only (rank-1 growth, cond(A) ~ t/dk/λ0 without the refresh)
-      for (int t = 1; t < T; ++t) std::copy(s.k.begin(), s.k.begin() + dk, s.k.begin() + std::ptrdiff_t(t) * dk);
-      s.u = s.k;
-      break;
-    case Kind::Subspace:  // û confined to the first dk/4 coordinates
-      for (int t = 0; t < T; ++t)
-        for (int i = dk / 4; i < dk; ++i) s.u[std::size_t(t) * dk + i] = 0;
-      break;
-    case Kind::Drift:  // |v| drifts over three decades
-      for (int t = 0; t < T; ++t)
-        for (int i = 0; i < dv; ++i) s.v[std::size_t(t) * dv + i] *= std::pow(1e3, double(t) / (T - 1));
-      break;
-    case Kind::Outliers:  // one step in 500 has v and k a thousand times larger
-      for (int t = 0; t < T; ++t)
-        if (rng() % 500 == 0) {
-          for (int i = 0; i < dv; ++i) s.v[std::size_t(t) * dv + i] *= 1e3;
-          for (int i = 0; i < dk; ++i) s.k[std::size_t(t) * dk + i] *= 1e3;
-        }
-      break;
-  }
-  return vt::rounded<float>(s);
-}
+using vt::Kind;
+using vt::kind_name;
+using vt::adversarial;
 
 struct Measured {
   double err_o = 0, err_S = 0, cond_max = 0, cond_est_err = 0, jac_max = 0;
@@ -211,7 +168,7 @@ TEST_CASE("adversarial streams: float stays close to double, cond(A) estimate ch
   // Without the refresh, a repeated penalty direction grows M along one direction only:
   // M = λ0·I + t·ûûᵀ with ‖û‖² = 1/dk, so cond(A) = 1 + t/(λ0·dk) exactly — 3,126 at t = 10,000.
   CHECK(std::abs(cond_of[int(Kind::RepeatedAligned)][1] / (1 + T / (0.1 * dk)) - 1) <= 1e-6);
-  // The refresh floors A's small eigenvalues (SPEC 6): cond(A) is far lower with it.
+  // The refresh floors A's small eigenvalues (docs/maths.md §6): cond(A) is far lower with it.
   CHECK(cond_of[int(Kind::RepeatedAligned)][0] * 5 < cond_of[int(Kind::RepeatedAligned)][1]);
   CHECK(cond_of[int(Kind::Subspace)][0] * 2 < cond_of[int(Kind::Subspace)][1]);
 }

@@ -1,4 +1,4 @@
-// vla/baselines.hpp — the two baselines of SPEC section 7, with the same shape of API as VlaState,
+// vla/baselines.hpp — the two baselines of docs/maths.md §7, with the same shape of API as VlaState,
 // so that comparisons run through the same batched forward, layout and threading.
 #pragma once
 

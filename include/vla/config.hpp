@@ -1,4 +1,4 @@
-// vla/config.hpp — the constants of the VLA recurrence (SPEC section 2), with the paper's defaults.
+// vla/config.hpp — the constants of the VLA recurrence (docs/maths.md §2), with the paper's defaults.
 #pragma once
 
 #include <cmath>

@@ -1,18 +1,18 @@
-// vla/diagnostics.hpp — per-head diagnostics of SPEC section 6, switched on without changing results.
+// vla/diagnostics.hpp — per-head diagnostics of docs/maths.md §6, switched on without changing results.
 //
 // A Recorder watches one head's state. The caller steps the state as usual and then calls
 // `recorder.observe(state, k)` with the key of that step; every `stride`-th step the recorder
 // measures, from the public state only:
 //   ‖S_t‖_F, ‖A_t‖_F, cond₂(A_t) (estimate or exact), c_t = k̂ᵀα̂ and ‖J_t‖₂ from the closed form.
 // After VlaState::step, A() is exactly the A that produced that step's α, so c_t is that step's
-// alignment and ‖J_t‖₂ = jacobian_norm(c_t) is the norm of that step's J = I − k̂α̂ᵀ (SPEC 5).
+// alignment and ‖J_t‖₂ = jacobian_norm(c_t) is the norm of that step's J = I − k̂α̂ᵀ (docs/maths.md §5).
 //
 // Results are unchanged: the recorder only reads the state through const accessors.
 // Zero cost when off: a default-constructed Recorder (stride 0) returns from observe() after one
 // integer test and never touches the key; `Monitored` wraps a VlaState and a Recorder for callers
 // who prefer one object. Per layer/head: `DiagnosticsSet` holds one Recorder per (layer, head),
 // each off unless enabled. The batched forward (vla::forward) has no per-step hook; to watch it,
-// run it in chunks of `stride` tokens carrying the final state (bitwise equal, SPEC 3), restore a
+// run it in chunks of `stride` tokens carrying the final state (bitwise equal, docs/maths.md §3), restore a
 // VlaState from the state buffers (VlaSnapshot) and observe it with the chunk's last key.
 #pragma once
 

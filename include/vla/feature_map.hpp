@@ -1,4 +1,4 @@
-// vla/feature_map.hpp — the paper's positive feature map φ(x) = ELU(x) + 1 (SPEC 2: q, k arrive
+// vla/feature_map.hpp — the paper's positive feature map φ(x) = ELU(x) + 1 (docs/maths.md §2: q, k arrive
 // already feature-mapped; this is the helper that maps them).
 #pragma once
 

@@ -1,4 +1,4 @@
-// vla/jacobian.hpp — the exact spectral norm of the recurrence Jacobian (SPEC section 5).
+// vla/jacobian.hpp — the exact spectral norm of the recurrence Jacobian (docs/maths.md §5).
 //
 // S_t = S_{t−1}(I − k̂ α̂ᵀ) + v α̂ᵀ, so ∂S_t/∂S_{t−1} is right-multiplication by J = I − k̂ α̂ᵀ.
 // For unit k̂, α̂ with c = k̂ᵀα̂:  ‖J‖₂² = (3 − 2c + √(5 − 4c)) / 2.

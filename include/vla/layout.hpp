@@ -19,7 +19,7 @@
 namespace vla {
 
 /// Per-(sequence, head) state buffers. T is the state scalar, const-qualified for an input state.
-/// A null pointer means "absent": an absent initial state is the fresh state of SPEC 2 (A = I/λ0,
+/// A null pointer means "absent": an absent initial state is the fresh state of docs/maths.md §2 (A = I/λ0,
 /// S = 0, z = 0, t = 0); an absent final state is not written. An op uses only its own parts
 /// (VLA: A, S, z, steps; linear attention: S, z; DeltaNet: S).
 template <class T>

@@ -14,7 +14,7 @@
 
 namespace vla {
 
-/// The inverse penalty A (dk×dk, symmetric positive definite) of SPEC section 2, steps 2–4.
+/// The inverse penalty A (dk×dk, symmetric positive definite) of docs/maths.md §2, steps 2–4.
 ///
 /// Rank-1 updates are applied as A ← A − s sᵀ with s = A d / √δ, so element (i, j) and (j, i)
 /// come from the same product s_i·s_j and A stays symmetric through rounding.
@@ -54,7 +54,7 @@ class PenaltyInverse {
     return update_apply(d.data(), stab_eps, false, Scalar(0), nullptr, nullptr);
   }
 
-  /// A ← A + eps·I (SPEC 2.3).
+  /// A ← A + eps·I (docs/maths.md §2.3).
   void refresh(Scalar eps) { a_.diagonal().array() += eps; }
 
   /// out = A x.
@@ -68,7 +68,7 @@ class PenaltyInverse {
     return out;
   }
 
-  /// SPEC 2 steps 2–4 fused, on raw pointers of dim() entries (the CPU step's hot path):
+  /// docs/maths.md §2 steps 2–4 fused, on raw pointers of dim() entries (the CPU step's hot path):
   /// the Sherman–Morrison update with direction d (skipped when d is null), then the refresh
   /// A ← A + refresh_eps·I when `refresh`, then out = A x (skipped when x is null).
   /// One read pass computes A d and A x together; out is formed as A_old x − s (sᵀx) + ε x,
@@ -101,7 +101,7 @@ class PenaltyInverse {
     return delta;
   }
 
-  /// cond₂(A) = λmax/λmin, estimated cheaply (SPEC 6): power iteration for λmax(A), inverse power
+  /// cond₂(A) = λmax/λmin, estimated cheaply (docs/maths.md §6): power iteration for λmax(A), inverse power
   /// iteration through one Cholesky factorisation for λmin(A). `iterations` each; 20 gives a few
   /// digits for the condition numbers that matter (large ones converge fastest). Returns +inf when
   /// A is no longer numerically positive definite — the event the diagnostic exists to catch.

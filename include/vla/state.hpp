@@ -1,4 +1,4 @@
-// vla/state.hpp — one head's VLA state and the recurrence step of SPEC section 2, written once.
+// vla/state.hpp — one head's VLA state and the recurrence step of docs/maths.md §2, written once.
 //
 // Every CPU path (single-head streaming, the batched forward on any number of threads) runs
 // VlaState::step_unchecked; the batched forward only adds validation, layout and threading.
@@ -20,7 +20,7 @@ struct VlaSnapshot {
   Matrix<Scalar> A;         ///< dk×dk inverse penalty, SPD
   Matrix<Scalar> S;         ///< dv×dk memory
   Vector<Scalar> z;         ///< dk running key sum (output normaliser)
-  std::int64_t steps = 0;   ///< steps taken: the refresh phase (SPEC 3)
+  std::int64_t steps = 0;   ///< steps taken: the refresh phase (docs/maths.md §3)
 };
 
 /// One head's recurrent state (A, S, z, t) and its step. Value type: copying it saves it.
@@ -61,7 +61,7 @@ class VlaState {
   /// Replaces the state with a snapshot; validates first, so a throw leaves *this unchanged.
   void restore(const VlaSnapshot<Scalar>& snap) { *this = VlaState(snap, cfg_); }
 
-  /// One step (SPEC 2) on q, k ∈ R^dk, v ∈ R^dv, u ∈ R^dk; returns o ∈ R^dv.
+  /// One step (docs/maths.md §2) on q, k ∈ R^dk, v ∈ R^dv, u ∈ R^dk; returns o ∈ R^dv.
   /// Throws std::invalid_argument on a size mismatch or a non-finite entry, before any change.
   VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
                   const VectorCRef<Scalar>& u) {
@@ -92,7 +92,7 @@ class VlaState {
     detail::require_finite(u, "u");
   }
 
-  /// The step itself, SPEC section 2 in order. Inputs must already be validated.
+  /// The step itself, docs/maths.md §2 in order. Inputs must already be validated.
   ///
   /// Fused form (identical in exact arithmetic): A û and A k̂ come from one pass over A, and
   /// α = A_old k̂ − s(sᵀk̂) + ε_refresh·k̂; S k̂ and S q from one pass over S, and
@@ -101,7 +101,7 @@ class VlaState {
   void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
                       const VectorCRef<Scalar>& u, Out&& o) {
     const Eigen::Index n = dk(), m = dv();
-    // 1. û = u/‖u‖/√dk and k̂ = k/‖k‖; a zero vector is marked by a zero factor (SPEC 2).
+    // 1. û = u/‖u‖/√dk and k̂ = k/‖k‖; a zero vector is marked by a zero factor (docs/maths.md §2).
     const Scalar uf = detail::unit_factor<Scalar>(u, inv_sqrt_dk_);
     const Scalar kf = detail::unit_factor<Scalar>(k);
     if (uf != Scalar(0)) uhat_.noalias() = u * uf;

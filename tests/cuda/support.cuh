@@ -313,7 +313,7 @@ void check_forward(const Shape& s, bool with_init, int zero_every = 0, const vla
   compare<Op, In>(g, r, label(s, with_init ? " +init" : "") + (zero_every ? " +zeros" : ""), tol_scale);
 }
 
-/// Huge finite inputs (SPEC 2.6 for huge q): float tokens with q, k, v scaled by the given factors,
+/// Huge finite inputs (docs/maths.md §2.6 for huge q): float tokens with q, k, v scaled by the given factors,
 /// so that S q and zᵀq overflow in float; the outputs must stay finite and match the float64
 /// reference (vla::rules::rescaled_output, the same rule as the CPU's detail::finish_output).
 template <class Op>

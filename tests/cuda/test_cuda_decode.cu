@@ -24,7 +24,7 @@ void check_decode_pool(std::int64_t dk, std::int64_t dv, float q_scale, std::int
   DeviceState pool(pool0);
   // Reference: the live sequences as a [NL, steps, H, D] forward from their slots' states.
   Tokens t = make_tokens<In>(NL * steps, H, dk, dv, rng);
-  for (auto& x : t.q) x *= q_scale;  // huge q: S q and zᵀq overflow in float (SPEC 2.6)
+  for (auto& x : t.q) x *= q_scale;  // huge q: S q and zᵀq overflow in float (docs/maths.md §2.6)
   HostState init;
   for (std::int64_t l = 0; l < NL; ++l) {
     const HostState s = slice_state(pool0, index[live[l]] * H, H, dk, dv);

@@ -1,4 +1,4 @@
-// The VLA kernel against the float64 CPU reference (SPEC 2): every head-dim pair, every token type,
+// The VLA kernel against the float64 CPU reference (docs/maths.md §2): every head-dim pair, every token type,
 // odd T, initial and final state, zero vectors, split sequences, varlen, and T = 65,536.
 #include "support.cuh"
 
@@ -64,7 +64,7 @@ TEST_CASE("vla: varlen equals the per-sequence loop", "[cuda][vla][varlen]") {
 
 TEST_CASE("vla: huge finite q, k, v (~1e30): finite outputs that match the CPU", "[cuda][vla][huge]") {
   // S q ~ 1e60 and zᵀq ~ 1e62 overflow in float; the output, homogeneous of degree 0 in q, is
-  // computed from q / max|q| (SPEC 2.6, vla::rules::rescaled_output).
+  // computed from q / max|q| (docs/maths.md §2.6, vla::rules::rescaled_output).
   check_huge<Vla>({1, 50, 2, 64, 64}, 1e30f, 1e30f, 1e30f);
   check_huge<Vla>({2, 33, 1, 128, 32}, 1e30f, 1e30f, 1e30f);
   check_huge<Vla>({1, 40, 2, 32, 64}, 1e37f, 1.f, 1.f, true);  // only the products with q overflow

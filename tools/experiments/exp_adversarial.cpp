@@ -1,4 +1,4 @@
-// Experiment 2: boundedness and conditioning under the adversarial streams of SPEC section 6,
+// Experiment 2: boundedness and conditioning under the adversarial streams of docs/maths.md §6,
 // refresh on/off, float32 against float64 on the same inputs: ‖S_t‖_F, cond(A_t), ‖J_t‖₂ over time.
 //
 // dk = dv = 32, library defaults otherwise (λ0 0.1, ε_stab 1e-4, refresh every 20 steps by 1e-3).

@@ -1,4 +1,4 @@
-// Experiment 3: the recurrence Jacobian J_t = I − k̂α̂ᵀ (SPEC section 5), next to the paper's
+// Experiment 3: the recurrence Jacobian J_t = I − k̂α̂ᵀ (docs/maths.md §5), next to the paper's
 // "Proposition 2: ‖J_t‖₂ = 1 exactly".
 //
 // Per step: ‖J_t‖₂ from the closed form of c_t = k̂ᵀα̂ (vla::measure), checked against an SVD of
@@ -30,7 +30,7 @@ struct Setting {
 const Setting kSettings[] = {
     {"paper_head", "one head of the paper's setting: random tokens, embeddings, LayerNorm, ELU+1 key projection; u = k"},
     {"u_indep", "random ELU+1 keys, u independent N(0, I)"},
-    {"u_subspace", "random ELU+1 keys, u confined to a fixed 8-dim subspace (SPEC 5: “up to 1.35”)"},
+    {"u_subspace", "random ELU+1 keys, u confined to a fixed 8-dim subspace (docs/maths.md §5: “up to 1.35”)"},
     {"aligned_span", "keys (= u) in a fixed 4-dim positive cone"},
 };
 constexpr int kNumSettings = sizeof(kSettings) / sizeof(kSettings[0]);

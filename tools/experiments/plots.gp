@@ -66,7 +66,7 @@ unset multiplot
 set terminal pngcairo size 1000,1060 font "DejaVu Sans,9"
 set output dir."/adversarial.png"
 f = dir."/adversarial.csv"
-set multiplot layout 4,2 title "SPEC 6 adversarial streams (d_k = 32, seed 0, float64; last row: float32 against float64)"
+set multiplot layout 4,2 title "docs/maths.md §6 adversarial streams (d_k = 32, seed 0, float64; last row: float32 against float64)"
 set key autotitle columnhead
 set logscale x
 set format x "10^{%L}"

@@ -82,7 +82,7 @@ inline std::int64_t check_cu_seqlens(const std::int64_t* cu, std::int64_t n) {
 
 }  // namespace detail
 
-/// The batched forward of op `Op` on backend `Backend` (SPEC 2 for op::Vla). The trailing
+/// The batched forward of op `Op` on backend `Backend` (docs/maths.md §2 for op::Vla). The trailing
 /// arguments are the backend's context (backend::Cpu: an optional CpuOptions; backend::Cuda: a
 /// stream), and the return type is the backend's (Cpu: void, throws std::invalid_argument;
 /// Cuda: a status).
@@ -91,13 +91,13 @@ decltype(auto) forward(const ForwardArgs<In, St>& args, const Config& cfg, Conte
   return BackendTraits<Backend>::template forward<Op>(args, cfg, static_cast<Context&&>(ctx)...);
 }
 
-/// Linear attention over the same buffers (SPEC 7).
+/// Linear attention over the same buffers (docs/maths.md §7).
 template <class Backend, class In, class St, class... Context>
 decltype(auto) linear_attention_forward(const ForwardArgs<In, St>& args, const Config& cfg, Context&&... ctx) {
   return forward<Backend, op::LinearAttention>(args, cfg, static_cast<Context&&>(ctx)...);
 }
 
-/// DeltaNet over the same buffers (SPEC 7); needs args.beta.
+/// DeltaNet over the same buffers (docs/maths.md §7); needs args.beta.
 template <class Backend, class In, class St, class... Context>
 decltype(auto) deltanet_forward(const ForwardArgs<In, St>& args, const Config& cfg, Context&&... ctx) {
   return forward<Backend, op::DeltaNet>(args, cfg, static_cast<Context&&>(ctx)...);

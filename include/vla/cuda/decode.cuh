@@ -2,7 +2,7 @@
 // fresh states for a pool.
 //
 // A decode step is the forward at T = 1 with the initial and final state being the same buffers
-// (SPEC 3: a decode step is the T = 1 case). It is bound by moving the state, so it has its own
+// (docs/maths.md §3: a decode step is the T = 1 case). It is bound by moving the state, so it has its own
 // kernel (detail/decode_kernel.cuh): one warp per (sequence, head) pair, the state brought into
 // shared memory by the bulk-copy engine and written back straight from registers, as many pairs
 // in flight per SM as slots fit. States can live in a pool: state_index[n] names the slot of
@@ -107,7 +107,7 @@ __global__ void fresh_a_kernel(float* A, std::int64_t count, int dk, float inv_l
 }
 }  // namespace detail
 
-/// Writes the fresh state of SPEC 2 (A = I/λ0, S = 0, z = 0, steps = 0) into `count` consecutive
+/// Writes the fresh state of docs/maths.md §2 (A = I/λ0, S = 0, z = 0, steps = 0) into `count` consecutive
 /// (slot, head) entries of `st` (count = slots × heads); parts the op does not use may be null.
 inline Status init_states(const StateBuffers<float>& st, std::int64_t count, std::int64_t dk, std::int64_t dv,
                           const Config& cfg, cudaStream_t stream) {

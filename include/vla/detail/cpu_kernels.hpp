@@ -1,6 +1,6 @@
 // vla/detail/cpu_kernels.hpp — the fused matrix–vector passes of the CPU step.
 //
-// Why not plain Eigen products: one VLA step is four passes over dk² state (SPEC 2 counts six
+// Why not plain Eigen products: one VLA step is four passes over dk² state (docs/maths.md §2 counts six
 // matrix–vector products). Two of them only read (A û with A k̂; S k̂ with S q) and are fused here
 // into one pass that keeps both accumulators in registers (row blocks of compile-time height), so
 // each matrix element is loaded once for two FMAs; the other two are rank-1 updates, load + store
@@ -113,7 +113,7 @@ inline T dot(const T* a, const T* b, Index n) {
   return Eigen::Map<const V>(a, n).dot(Eigen::Map<const V>(b, n));
 }
 
-/// The delta-rule write shared by VLA and DeltaNet (SPEC 4: the same S algebra, erase key k̂,
+/// The delta-rule write shared by VLA and DeltaNet (docs/maths.md §4: the same S algebra, erase key k̂,
 /// write direction d): with sk = S k̂ and sq = S q already computed in one dual pass,
 ///   e = β (v − S k̂);  S ← S + e dᵀ;  returns S_new q = S q + e (dᵀq) in sq.
 /// `e` is scratch of size dv.

@@ -36,7 +36,7 @@ Scalar unit_factor(const Eigen::MatrixBase<Derived>& x, Scalar extra = Scalar(1)
   return rules::normalize_factor<Scalar>(inv_max, (x * inv_max).squaredNorm(), extra);
 }
 
-/// SPEC 2.6's output from sq = S q (S already updated): o = sq / max(zᵀq, ε_den), or o = sq when
+/// docs/maths.md §2.6's output from sq = S q (S already updated): o = sq / max(zᵀq, ε_den), or o = sq when
 /// the normaliser is off. With the normaliser on, o is homogeneous of degree 0 in q, so when S q or
 /// zᵀq overflow for huge (finite) q the output is recomputed from q/max|q| with the floor scaled to
 /// match — the same function, without an inf/inf. The common path is untouched.

@@ -1,4 +1,4 @@
-// vla/detail/rules.hpp — the scalar rules of SPEC section 2 that every backend shares.
+// vla/detail/rules.hpp — the scalar rules of docs/maths.md §2 that every backend shares.
 //
 // The Eigen backend and the CUDA kernels express the matrix work differently (Eigen expressions vs
 // warp-level loops), but the scalar decisions — when to refresh, how δ and the output normaliser are
@@ -18,18 +18,18 @@
 namespace vla {
 namespace rules {
 
-/// Step `t` (0-based, counted before the step) ends with A ← A + ε_refresh·I (SPEC 2.3).
+/// Step `t` (0-based, counted before the step) ends with A ← A + ε_refresh·I (docs/maths.md §2.3).
 VLA_HOST_DEVICE constexpr bool refresh_due(std::int64_t t, int refresh_period) {
   return refresh_period > 0 && (t + 1) % refresh_period == 0;
 }
 
-/// δ = max(1 + ûᵀAû, ε_stab) (SPEC 2.2). δ ≥ 1 for SPD A; the floor only guards rounding.
+/// δ = max(1 + ûᵀAû, ε_stab) (docs/maths.md §2.2). δ ≥ 1 for SPD A; the floor only guards rounding.
 template <class T>
 VLA_HOST_DEVICE T sm_denominator(T one_plus_uAu, T stab_eps) {
   return one_plus_uAu > stab_eps ? one_plus_uAu : stab_eps;
 }
 
-/// max(zᵀq, ε_den) (SPEC 2.6).
+/// max(zᵀq, ε_den) (docs/maths.md §2.6).
 template <class T>
 VLA_HOST_DEVICE T output_denominator(T zq, T denom_eps) {
   return zq > denom_eps ? zq : denom_eps;
@@ -38,7 +38,7 @@ VLA_HOST_DEVICE T output_denominator(T zq, T denom_eps) {
 /// Scale-safe normalisation, in two reductions so that no finite input overflows or underflows:
 ///   m = max_i |x_i|,  s = Σ (x_i / m)²,  x̂ = x · normalize_factor(m, s).
 /// Returns 0 when x counts as zero: m == 0, or m so small (subnormal) that 1/m is not finite.
-/// A zero vector is defined behaviour (SPEC 2): a zero key or zero α writes nothing, a zero
+/// A zero vector is defined behaviour (docs/maths.md §2): a zero key or zero α writes nothing, a zero
 /// penalty direction leaves A unchanged. `extra` is a further factor (1/√dk for û).
 template <class T>
 VLA_HOST_DEVICE T inverse_max(T max_abs) {
@@ -55,7 +55,7 @@ VLA_HOST_DEVICE bool is_finite(T x) {
   return x - x == T(0);
 }
 
-/// SPEC 2.6 for a finite q whose products overflow (S q or zᵀq not finite, e.g. |q| ~ 1e30 in
+/// docs/maths.md §2.6 for a finite q whose products overflow (S q or zᵀq not finite, e.g. |q| ~ 1e30 in
 /// float): with the normaliser on, o = S q / max(zᵀq, ε_den) is homogeneous of degree 0 in q, so
 /// it equals the same function of q̃ = q / m, m = max|q|, with the floor scaled by m:
 ///   o = S q̃ / zᵀq̃           when zᵀq̃ · m > ε_den,

@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(BaselineGeometry<DK, DV>::NT, (BaselineGeometr
     __syncthreads();
 
     // ---- the sequential steps of this chunk. The common path is run 1's step plus one sticky flag
-    // (no branch): whether an output had S q or zᵀq not finite (huge q, SPEC 2.6). Only then is the
+    // (no branch): whether an output had S q or zᵀq not finite (huge q, docs/maths.md §2.6). Only then is the
     // chunk run again from S as it was at the chunk's start (saved below) with the rescaled output of
     // rules::rescaled_output, decided per row; the S updates of the replay are the same bits.
     if (kZ) {

@@ -12,7 +12,7 @@
 //     compute. As many warps per CTA as slots fit in the shared memory (6 for VLA at d = 64).
 //   * The pair is stepped from shared memory in three passes, each thread on 4 columns (16-byte
 //     accesses, a row of 64 floats over 16 lanes): w = A û and y = A k̂ in one pass over A, read
-//     as Aᵀû and Aᵀk̂ (A is symmetric: every backend keeps it bit-symmetric, SPEC's A is SPD), which
+//     as Aᵀû and Aᵀk̂ (A is symmetric: every backend keeps it bit-symmetric, docs/maths.md's A is SPD), which
 //     needs no reduction per row; A ← A − s sᵀ (+ r I) written straight to HBM (16-byte stores, one
 //     contiguous row per half-warp); then S k̂ and S q, e, S ← S + e α̂ᵀ and the output in one pass
 //     over S, S written straight to HBM. The scalar rules are those of vla/detail/rules.hpp.
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(512, 1) decode_warp_kernel(const RecurrentPara
         st4(kh_s + 4 * cs, kh4);
         if (kVla) st4(uh_s + 4 * cs, uh4);
       }
-      // z ← z + k and max(zᵀq, ε) (SPEC 2.6); zqs: zᵀq̃ where zᵀq is not finite (huge q)
+      // z ← z + k and max(zᵀq, ε) (docs/maths.md §2.6); zqs: zᵀq̃ where zᵀq is not finite (huge q)
       float den = 1.f, zq = 0.f;
       bool zq_ok = true;
       float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -344,7 +344,7 @@ __global__ void __launch_bounds__(512, 1) decode_warp_kernel(const RecurrentPara
           st4(S1 + row * DK + 4 * cs, sv);
           const float out = fmaf(e, xq, pq);  // S_new q = S q + e (xᵀq)
           float res = kZ ? out / den : out;
-          // rare: S q or zᵀq not finite (huge q): SPEC 2.6 from q̃ = q / max|q| (rules::rescaled_output)
+          // rare: S q or zᵀq not finite (huge q): docs/maths.md §2.6 from q̃ = q / max|q| (rules::rescaled_output)
           const bool bad = kZ && p.normalize && !(rules::is_finite(out) && zq_ok);
           if (__any_sync(0xffffffffu, bad)) {
             const float mq = group_max<NC>(max_abs4(q4));

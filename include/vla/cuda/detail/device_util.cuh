@@ -54,7 +54,7 @@ __device__ __forceinline__ float group_max(float x) {
 }
 
 /// zᵀq̃ with q̃ = q / max|q| over one warp (lane owns entries lane + 32·i, i < KPL): the huge-q
-/// path of SPEC 2.6's normaliser (rules::rescaled_output), shared by the VLA and baseline kernels.
+/// path of docs/maths.md §2.6's normaliser (rules::rescaled_output), shared by the VLA and baseline kernels.
 template <int KPL>
 __device__ __forceinline__ float scaled_dot_warp(const float* q, const float* z, int lane) {
   float qv[KPL], m = 0.f;

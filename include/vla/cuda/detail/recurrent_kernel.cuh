@@ -1,5 +1,5 @@
 // vla/cuda/detail/recurrent_kernel.cuh — the fused recurrent kernels: one CTA per (sequence, head)
-// for the forward, a persistent pipelined CTA per SM slot for the decode step; the whole SPEC-2 step
+// for the forward, a persistent pipelined CTA per SM slot for the decode step; the whole docs/maths.md §2 step
 // fused, the state (A, S, z, t) on chip for the whole sequence.
 //
 // The three recurrences (VLA, linear attention, DeltaNet) are policies of these templates; the
@@ -243,7 +243,7 @@ struct Recurrence {
   float4 s[G::GS];
   float zj;  // z[st] for S threads st < DK
   int parity;
-  // the output rule (SPEC 2.6), read by s_scan
+  // the output rule (docs/maths.md §2.6), read by s_scan
   int normalize = 1;
   float denom_eps = 1e-4f;
 
@@ -346,7 +346,7 @@ struct Recurrence {
     }
   }
   /// max(zᵀq, ε) per token (or 1 when the normaliser is off), after `prepare` and a barrier; and zs,
-  /// for the S-scan's rescaled output (SPEC 2.6 for huge q, rules::rescaled_output): zᵀq when it is
+  /// for the S-scan's rescaled output (docs/maths.md §2.6 for huge q, rules::rescaled_output): zᵀq when it is
   /// finite; otherwise den is NaN (a mark) and zs = zᵀq̃ with q̃ = q / max|q|, as the CPU computes it.
   __device__ void prepare_den(const Prep& p, const float* zb, int ntok, int normalize, float denom_eps) {
     if (!kZ) return;
@@ -369,7 +369,7 @@ struct Recurrence {
     }
   }
 
-  /// SPEC 2.6's output of this thread's S row when S q or zᵀq is not finite (huge q): from
+  /// docs/maths.md §2.6's output of this thread's S row when S q or zᵀq is not finite (huge q): from
   /// q̃ = q / max|q| and the updated S (registers), by rules::rescaled_output. Run by the LS lanes
   /// of the row only (the condition is the same in all of them).
   __device__ float rescaled_row(const float* qf, float dn, float zs) const {
@@ -558,7 +558,7 @@ struct Recurrence {
       if (kZ) {
         const float dn = p.den[tau];
         res = out / dn;
-        // rare: S q or zᵀq not finite (huge q), decided per row (the same function; SPEC 2.6)
+        // rare: S q or zᵀq not finite (huge q), decided per row (the same function; docs/maths.md §2.6)
         if (normalize && !(rules::is_finite(out) && dn == dn)) res = rescaled_row(qf, dn, p.zs[tau]);
       }
       if (cS == 0) o[tau * DV + rowS] = res;
