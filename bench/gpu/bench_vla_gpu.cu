@@ -109,9 +109,10 @@ void check(const vla::cuda::Status& s, const char* what) {
 FILE* g_csv = nullptr;
 
 template <class Op>
-float forward_ms(const vla::ForwardArgs<In, float>& a, int chunk = 0) {
+float forward_ms(const vla::ForwardArgs<In, float>& a, int chunk = 0, vla::Path path = vla::Path::recurrent) {
   vla::cuda::Options opt;
   opt.chunk = chunk;
+  opt.path = path;
   check(vla::forward<vla::backend::Cuda, Op>(a, vla::Config{}, cudaStream_t{}, opt), Op::name);  // first: also a check
   CK(cudaDeviceSynchronize());
   return time_median([&] { check(vla::forward<vla::backend::Cuda, Op>(a, vla::Config{}, cudaStream_t{}, opt), Op::name); });
@@ -122,8 +123,8 @@ void bench_forward(bool quick) {
   const std::int64_t Ts[] = {1024, 4096, 16384, 65536};
   const std::int64_t Tmax = quick ? 4096 : 65536;
   std::printf("\n== forward, bf16 tokens, float state, d = %d (median ms; M tokens/s = B·T / time)\n", d);
-  std::printf("%-3s %-3s %-6s | %-22s | %-22s | %-22s | %s\n", "B", "H", "T", "vla ms (Mtok/s)", "linear_attn ms (Mtok/s)",
-              "deltanet ms (Mtok/s)", "vla us/step");
+  std::printf("%-3s %-3s %-6s | %-22s | %-22s | %-22s | %-22s | %s\n", "B", "H", "T", "vla ms (Mtok/s)",
+              "vla chunked ms (Mtok/s)", "linear_attn ms (Mtok/s)", "deltanet ms (Mtok/s)", "vla us/step");
   for (const std::pair<int, int>& bh : {std::pair<int, int>{8, 16}, std::pair<int, int>{4, 1}}) {
     const int B = bh.first, H = bh.second;
     const std::int64_t nk = B * Tmax * H * d;
@@ -146,14 +147,15 @@ void bench_forward(bool quick) {
       a.batch = B, a.seq_len = T, a.heads = H, a.dk = d, a.dv = d;
       a.q = q, a.k = k, a.v = v, a.u = u, a.beta = beta, a.o = o;
       const float t_vla = forward_ms<vla::op::Vla>(a);
+      const float t_ch = forward_ms<vla::op::Vla>(a, 0, vla::Path::chunked);
       const float t_la = forward_ms<vla::op::LinearAttention>(a);
       const float t_dn = forward_ms<vla::op::DeltaNet>(a);
       auto mtok = [&](float ms) { return B * T / (ms * 1e-3) / 1e6; };
-      std::printf("%-3d %-3d %-6lld | %9.3f (%9.2f) | %9.3f (%9.2f) | %9.3f (%9.2f) | %.3f\n", B, H, (long long)T, t_vla,
-                  mtok(t_vla), t_la, mtok(t_la), t_dn, mtok(t_dn), t_vla * 1e3 / T);
-      const char* names[] = {"vla", "linear_attention", "deltanet"};
-      const float ts[] = {t_vla, t_la, t_dn};
-      for (int i = 0; i < 3; ++i)
+      std::printf("%-3d %-3d %-6lld | %9.3f (%9.2f) | %9.3f (%9.2f) | %9.3f (%9.2f) | %9.3f (%9.2f) | %.3f\n", B, H,
+                  (long long)T, t_vla, mtok(t_vla), t_ch, mtok(t_ch), t_la, mtok(t_la), t_dn, mtok(t_dn), t_vla * 1e3 / T);
+      const char* names[] = {"vla", "vla_chunked", "linear_attention", "deltanet"};
+      const float ts[] = {t_vla, t_ch, t_la, t_dn};
+      for (int i = 0; i < 4; ++i)
         if (g_csv)
           std::fprintf(g_csv, "forward,%s,%d,%d,%lld,%d,bf16,%.6f,%.1f\n", op_key(names[i]).c_str(), B, H, (long long)T, d, ts[i],
                        B * T / (ts[i] * 1e-3));

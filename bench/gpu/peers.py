@@ -43,6 +43,19 @@ def main():
     except Exception as e:  # noqa: BLE001
         print(f"flash-linear-attention not available ({e}); its columns stay empty")
         chunk_delta_rule = fused_recurrent_delta_rule = None
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except Exception:  # noqa: BLE001
+        chunk_gated_delta_rule = None
+
+    # The bf16 tensor rate in this run: one 8192^3 product, median of repeats.
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    gemm_ms = time_ms(lambda: a @ b)
+    print(f"bf16 GEMM 8192^3: {gemm_ms:.3f} ms = {2 * 8192 ** 3 / gemm_ms / 1e9:.1f} TFLOP/s")
+    if out:
+        out.write(f"gemm,bf16_8192,0,0,0,0,bf16,{gemm_ms:.6f},{2 * 8192 ** 3 / (gemm_ms * 1e-3):.1f}\n")
+    del a, b
 
     d = 64
     Ts = [1024, 4096] if args.quick else [1024, 4096, 16384, 65536]
@@ -67,6 +80,10 @@ def main():
                 with torch.no_grad():
                     row["fla_fused_recurrent_delta_rule"] = time_ms(lambda: fused_recurrent_delta_rule(q, k, v, beta))
                     row["fla_chunk_delta_rule"] = time_ms(lambda: chunk_delta_rule(q, k, v, beta))
+                    if chunk_gated_delta_rule is not None:
+                        g = -torch.rand(B, T, H, device=dev, dtype=torch.float32) * 0.1
+                        row["fla_chunk_gated_delta_rule"] = time_ms(lambda: chunk_gated_delta_rule(q, k, v, g, beta))
+                        del g
                 del q, k, v, beta
             torch.cuda.empty_cache()
 

@@ -36,19 +36,19 @@ echo "   built in $(( $(date +%s) - t0 )) s"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader 2>/dev/null | sed 's/^/   gpu: /'
 
 echo "== GPU tests"
-timeout 200 ctest --test-dir "$build" -L cuda ${VLA_CTEST_EXCLUDE:+-E "$VLA_CTEST_EXCLUDE"} -V >"$out/tests.log" 2>&1
+timeout 420 ctest --test-dir "$build" -L cuda ${VLA_CTEST_EXCLUDE:+-E "$VLA_CTEST_EXCLUDE"} -V >"$out/tests.log" 2>&1
 test_rc=$?
 python3 "$root/bench/gpu/errors.py" "$out/tests.log"
 grep -E "tests passed|tests failed|Failed|Skipped|FAILED|REQUIRE|CHECK\(" "$out/tests.log" | head -40
 
 echo "== benches: vla kernels"
-timeout 150 "$build/bench/gpu/vla_gpu_bench" $quick --csv "$out/ours.csv" 2>&1 | tee "$out/bench.log"
+timeout 300 "$build/bench/gpu/vla_gpu_bench" $quick --csv "$out/ours.csv" 2>&1 | tee "$out/bench.log"
 if [ -x "$build/bench/gpu/vla_gpu_bench_v1" ]; then
   echo "== benches: variant kernels (v1)"
   timeout 150 "$build/bench/gpu/vla_gpu_bench_v1" $quick --csv "$out/ours_v1.csv" 2>&1 | tee -a "$out/bench.log"
 fi
 echo "== benches: peers"
-timeout 200 python3 "$root/bench/gpu/peers.py" $quick --csv "$out/peers.csv" 2>&1
+timeout 300 python3 "$root/bench/gpu/peers.py" $quick --csv "$out/peers.csv" 2>&1
 
 python3 "$root/bench/gpu/table.py" "$out/ours.csv" "$out/ours_v1.csv" "$out/peers.csv" | tee "$out/table.md"
 echo

@@ -20,13 +20,14 @@ def main(paths):
     for r in rows:
         if r[0] == "forward":
             fwd[(r[1], int(r[2]), int(r[3]), int(r[4]))] = float(r[7])
-    cols = [("ours_vla", "VLA"), ("ours_linear_attention", "LinAttn"), ("ours_deltanet", "DeltaNet"),
+    cols = [("ours_vla", "VLA"), ("ours_vla_chunked", "VLA chunked"), ("ours_linear_attention", "LinAttn"), ("ours_deltanet", "DeltaNet"),
             ("fla_fused_recurrent_delta_rule", "FLA fused_rec DN"), ("fla_chunk_delta_rule", "FLA chunk DN"),
+            ("fla_chunk_gated_delta_rule", "FLA chunk gated DN"),
             ("sdpa_causal_bf16", "SDPA causal")]
     shapes = sorted({k[1:] for k in fwd}, key=lambda s: (-s[0] * s[1], s[2]))
     print("\n## Forward, bf16 tokens, d = 64: median ms (M tokens/s); ratios are time(peer)/time(ours), > 1 = ours faster")
-    print("| B | H | T | " + " | ".join(c[1] for c in cols) + " | VLA vs FLA fused | DeltaNet vs FLA fused | VLA vs SDPA | VLA µs/step |")
-    print("|" + "---|" * (3 + len(cols) + 4))
+    print("| B | H | T | " + " | ".join(c[1] for c in cols) + " | VLA vs FLA fused | DeltaNet vs FLA fused | VLA vs SDPA | VLA µs/step | chunked vs recurrent | chunked vs FLA chunk DN | chunked vs SDPA |")
+    print("|" + "---|" * (3 + len(cols) + 7))
     for B, H, T in shapes:
         cells = []
         for key, _ in cols:
@@ -40,7 +41,9 @@ def main(paths):
         vla = fwd.get(("ours_vla", B, H, T))
         step = "-" if vla is None else f"{vla * 1e3 / T:.3f}"
         print(f"| {B} | {H} | {T} | " + " | ".join(cells) + f" | {ratio('fla_fused_recurrent_delta_rule', 'ours_vla')} | "
-              f"{ratio('fla_fused_recurrent_delta_rule', 'ours_deltanet')} | {ratio('sdpa_causal_bf16', 'ours_vla')} | {step} |")
+              f"{ratio('fla_fused_recurrent_delta_rule', 'ours_deltanet')} | {ratio('sdpa_causal_bf16', 'ours_vla')} | {step} | "
+              f"{ratio('ours_vla', 'ours_vla_chunked')} | {ratio('fla_chunk_delta_rule', 'ours_vla_chunked')} | "
+              f"{ratio('sdpa_causal_bf16', 'ours_vla_chunked')} |")
     variants = sorted({k[0].split("@", 1)[1] for k in fwd if "@" in k[0]})
     for tag in variants:
         print(f"\n## Variant '{tag}' vs default (same run): median ms, ratio default/variant (> 1 = variant faster)")

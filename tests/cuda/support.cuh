@@ -208,6 +208,20 @@ Reference cpu_reference(const Tokens& t, std::int64_t batch, std::int64_t seq_le
   return vtest::cpu_reference(op_id<Op>(), t, batch, seq_len, cu, heads, dk, dv, cfg, init);
 }
 
+/// The path the checks run when their Options leave it at automatic: the recurrent kernel unless a
+/// test says otherwise with PathScope (the chunked tests; one test keeps automatic itself).
+inline vla::Path& path_under_test() {
+  static vla::Path p = vla::Path::recurrent;
+  return p;
+}
+struct PathScope {
+  vla::Path old;
+  explicit PathScope(vla::Path p) : old(path_under_test()) { path_under_test() = p; }
+  ~PathScope() { path_under_test() = old; }
+  PathScope(const PathScope&) = delete;
+  PathScope& operator=(const PathScope&) = delete;
+};
+
 /// The GPU forward of Op on the same tokens; outputs and final state poisoned first.
 struct GpuResult {
   std::vector<float> o;
@@ -247,7 +261,9 @@ GpuResult gpu_forward(const Tokens& t, std::int64_t batch, std::int64_t seq_len,
   };
   if (d0) a.initial_state = parts(d0->cbuffers());
   a.final_state = parts(fin.buffers());
-  const vla::cuda::Status st = vla::forward<vla::backend::Cuda, Op>(a, cfg, cudaStream_t{}, opt);
+  vla::cuda::Options o2 = opt;
+  if (o2.path == vla::Path::automatic) o2.path = path_under_test();
+  const vla::cuda::Status st = vla::forward<vla::backend::Cuda, Op>(a, cfg, cudaStream_t{}, o2);
   INFO(st.message);
   REQUIRE(st.ok());
   VT_CUDA(cudaDeviceSynchronize());

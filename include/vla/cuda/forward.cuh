@@ -25,6 +25,7 @@
 #include "vla/layout.hpp"
 #include "vla/cuda/detail/dispatch.cuh"
 #include "vla/cuda/detail/baseline_kernel.cuh"
+#include "vla/cuda/detail/chunked_kernel.cuh"
 #include "vla/cuda/detail/decode_kernel.cuh"
 #include "vla/cuda/detail/recurrent_kernel.cuh"
 #include "vla/cuda/status.cuh"
@@ -42,8 +43,15 @@ struct Options {
   /// extra read of the inputs and one wait for `stream`). Off by default: the kernel itself never
   /// traps, and non-finite inputs give non-finite outputs.
   bool check_inputs = false;
-  /// Tokens staged per shared-memory chunk; 0 picks the default (32 for head dims ≤ 64, else 16).
+  /// Recurrent (docs/maths.md §2, token by token) or chunked (§4, tensor cores; VLA only). `automatic`
+  /// takes the chunked path for VLA when the longest sequence has at least kChunkedFrom tokens and
+  /// the head dims fit its shared memory (docs/cuda.md), else the recurrent one.
+  Path path = Path::automatic;
+  /// Tokens per chunk. Recurrent path: tokens staged per shared-memory chunk, 0 picks the default
+  /// (32 for head dims ≤ 64, else 16). Chunked path: 0 or the one size built (ChunkedLayout::C, 32 by default; VLA_CUDA_CHUNKED_C).
   int chunk = 0;
+
+  static constexpr std::int64_t kChunkedFrom = 256;
 };
 
 namespace detail {
@@ -203,6 +211,40 @@ Status launch_recurrent(RecurrentParams<In> p, std::int64_t blocks, cudaStream_t
   }
 }
 
+/// The largest dynamic shared memory any supported device offers a CTA (sm_90: 227 KiB); kernels
+/// that need more are not instantiated.
+inline constexpr std::size_t kMaxOptinSmem = 232448;
+
+/// Whether the chunked kernel for (In, DK, DV) is built (its shared memory fits some device).
+template <class In, int DK, int DV>
+constexpr bool chunked_built() {
+  return ChunkedLayout<In, DK, DV>::bytes <= kMaxOptinSmem;
+}
+
+/// Launches the chunked VLA kernel (one CTA per (sequence, head)); `fits` is set to whether the
+/// kernel exists and fits this device's shared memory (nothing is launched when it does not).
+template <class In, int DK, int DV>
+Status launch_chunked(const RecurrentParams<In>& p, std::int64_t blocks, cudaStream_t stream, bool& fits) {
+  using L = ChunkedLayout<In, DK, DV>;
+  fits = false;
+  if constexpr (!chunked_built<In, DK, DV>()) {
+    return {};
+  } else {
+    DeviceInfo dev;
+    Status st = device_info(dev);
+    if (!st) return st;
+    if (L::bytes > static_cast<std::size_t>(dev.optin_smem)) return {};
+    fits = true;
+    if (blocks == 0) return {};
+    if (blocks > 0x7fffffffLL) return Status::invalid("vla::cuda: batch × heads exceeds the grid limit (2^31 − 1)");
+    auto kernel = &chunked_vla_kernel<In, DK, DV>;
+    st = prepare_kernel<KernelTag<op::Vla, In, DK, DV, 4>>(kernel, L::NT, L::bytes);
+    if (!st) return st;
+    kernel<<<static_cast<unsigned>(blocks), L::NT, L::bytes, stream>>>(p);
+    return Status::from_cuda(cudaGetLastError(), "vla::cuda: chunked kernel launch");
+  }
+}
+
 /// Launches the decode kernel: p.pairs (sequence, head) pairs over as many persistent CTAs as fit.
 template <class Op, class In, int DK, int DV>
 Status launch_decode(RecurrentParams<In> p, cudaStream_t stream) {
@@ -296,6 +338,12 @@ Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t 
   if (!detail::supported_head_dim(a.dk) || !detail::supported_head_dim(a.dv))
     return detail::dispatch_head_dims(a.dk, a.dv, [](auto, auto) { return Status{}; });
   if (opt.chunk < 0) return Status::invalid("vla::cuda::Options::chunk must be >= 0");
+  constexpr bool kHasChunked = std::is_same<Op, op::Vla>::value;
+  if (opt.path == Path::chunked && !kHasChunked)
+    return Status::invalid(std::string(Op::name) + ": no chunked path on the GPU (Path::chunked is for VLA)");
+  if (opt.path == Path::chunked && opt.chunk != 0 && opt.chunk != detail::ChunkedLayout<In, 64, 64>::C)
+    return Status::invalid("vla::cuda: the chunked path is built for chunk = " +
+                           std::to_string(detail::ChunkedLayout<In, 64, 64>::C) + " (or 0, the default)");
   const bool aligned = detail::aligned16(a.q) && detail::aligned16(a.k) && detail::aligned16(a.v) &&
                        detail::aligned16(a.o) && (!Op::uses_u || detail::aligned16(a.u)) &&
                        detail::aligned16(a.initial_state.A) && detail::aligned16(a.initial_state.S) &&
@@ -336,6 +384,16 @@ Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t 
   }
 
   detail::RecurrentParams<In> p = detail::make_params(a, cfg);
+  if (kHasChunked && (opt.path == Path::chunked || (opt.path == Path::automatic && longest >= Options::kChunkedFrom))) {
+    bool fits = false;
+    Status st = detail::dispatch_head_dims(a.dk, a.dv, [&](auto dk_c, auto dv_c) {
+      return detail::launch_chunked<In, decltype(dk_c)::value, decltype(dv_c)::value>(p, a.batch * a.heads, stream, fits);
+    });
+    if (!st || fits) return st;
+    if (opt.path == Path::chunked)
+      return Status::invalid("vla::cuda: the chunked path does not fit this device's shared memory for dk = " +
+                             std::to_string(a.dk) + ", dv = " + std::to_string(a.dv) + " (use Path::recurrent)");
+  }
   const int chunk = opt.chunk > 0 ? opt.chunk : detail::default_chunk<Op>(a.dk, a.dv);
   p.chunk = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(chunk, detail::pow2_at_least(longest))));
   const std::int64_t blocks = a.batch * a.heads;
