@@ -4,13 +4,19 @@
 // Counters: tokens/s (items_per_second, counting every (token, head) step), GFLOP/s by each op's
 // own flop count (bench/shapes.hpp; VLA: 12·dk² per step), and frac_gemm_peak = that rate over the
 // single-thread Eigen GEMM rate re-measured right before each benchmark (×threads used).
+// A 5th argument picks the path: 0 = recurrent (§2, token by token), 1 = chunked (§4, C = 64
+// tokens per chunk; VLA and DeltaNet only). VLA's chunked rows also report chunked_GFLOPs and
+// frac_gemm_peak_chunked, by the chunked form's own count (12·dk² + 8·C·dk + C²/3 per token).
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <initializer_list>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <vla/vla.hpp>
@@ -77,11 +83,25 @@ double flops_per_token(std::int64_t dk) {
   return vla_bench::deltanet_flops_per_token(dk);
 }
 
-// Arguments: dk, B·H (as B = 1, H = B·H: heads are the independent unit), T, threads.
+constexpr int kChunk = 64;  // CpuOptions::chunk of the chunked rows
+
+/// The chunked form's flops per token per head (VLA, dv = dk, chunks of c tokens): the dk² work
+/// of §2 as matrix products, plus the O(c·dk) intra-chunk products and the c×c LDLᵀ (c³/3 per chunk).
+constexpr double vla_chunked_flops_per_token(std::int64_t dk, std::int64_t c) {
+  return 12.0 * double(dk) * double(dk) + 8.0 * double(c) * double(dk) + double(c) * double(c) / 3.0;
+}
+
+// Arguments: dk, B·H (as B = 1, H = B·H: heads are the independent unit), T, threads,
+// path (0 = recurrent, 1 = chunked with CpuOptions::chunk = kChunk).
 template <class Op>
 void BM_Forward(benchmark::State& state) {
   const std::int64_t dk = state.range(0), bh = state.range(1), t = state.range(2);
   const int threads = static_cast<int>(state.range(3));
+  const bool chunked = state.range(4) != 0;
+  vla::CpuOptions opt;
+  opt.threads = threads;
+  opt.path = chunked ? vla::Path::chunked : vla::Path::recurrent;
+  opt.chunk = kChunk;
   Buffers b = make_buffers(bh, t, dk);
   vla::ForwardArgs<float> a;
   a.batch = 1;
@@ -97,7 +117,7 @@ void BM_Forward(benchmark::State& state) {
   const vla::Config cfg;
   const double peak = measure_gemm_peak(3);
   for (auto _ : state) {
-    vla::forward<vla::backend::Cpu, Op>(a, cfg, vla::CpuOptions{threads});
+    vla::forward<vla::backend::Cpu, Op>(a, cfg, opt);
     benchmark::DoNotOptimize(b.o.data());
     benchmark::ClobberMemory();
   }
@@ -109,17 +129,40 @@ void BM_Forward(benchmark::State& state) {
   state.counters["frac_gemm_peak"] = benchmark::Counter(
       flops / (peak * double(std::min<std::int64_t>(threads, bh))), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["gemm_GFLOP/s"] = peak * 1e-9;
+  if (chunked && std::is_same<Op, vla::op::Vla>::value) {
+    const double cflops = steps * vla_chunked_flops_per_token(dk, kChunk);
+    state.counters["chunked_GFLOPs"] = benchmark::Counter(cflops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["frac_gemm_peak_chunked"] = benchmark::Counter(
+        cflops / (peak * double(std::min<std::int64_t>(threads, bh))), benchmark::Counter::kIsIterationInvariantRate);
+  }
 }
 
-void grid(benchmark::internal::Benchmark* b) {
+// BM_Forward under another name, so the crossover sweep's rows (BM_Crossover<Op>/...) never
+// collide with the grid's (both have dk = 64, T = 1024).
+template <class Op>
+void BM_Crossover(benchmark::State& state) {
+  BM_Forward<Op>(state);
+}
+
+void grid_paths(benchmark::internal::Benchmark* b, std::initializer_list<int> paths) {
   for (auto dk : vla_bench::kHeadDims)
     for (auto bh : vla_bench::kBatchHeads)
       for (auto t : vla_bench::kSeqLens)
         for (int threads : {1, 2}) {
           if (bh == 1 && threads == 2) continue;  // one head is one sequential recurrence
-          b->Args({dk, bh, t, threads});
+          for (int path : paths) b->Args({dk, bh, t, threads, path});  // paths side by side: less drift
         }
-  b->ArgNames({"dk", "BH", "T", "threads"})->Unit(benchmark::kMillisecond)->UseRealTime();
+  b->ArgNames({"dk", "BH", "T", "threads", "path"})->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+void grid(benchmark::internal::Benchmark* b) { grid_paths(b, {0, 1}); }          // VLA, DeltaNet
+void grid_recurrent(benchmark::internal::Benchmark* b) { grid_paths(b, {0}); }   // linear attention
+
+// Where chunked starts to win (CpuOptions::kChunkedFrom): dk = 64, B·H ∈ {1, 16}, short to mid T.
+void crossover(benchmark::internal::Benchmark* b) {
+  for (std::int64_t bh : {1, 16})
+    for (std::int64_t t : {64, 128, 256, 512, 1024})
+      for (int path : {0, 1}) b->Args({64, bh, t, 1, path});
+  b->ArgNames({"dk", "BH", "T", "threads", "path"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
 }  // namespace
@@ -127,7 +170,8 @@ void grid(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_EigenGemm)->Arg(256)->Arg(512)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_Forward, vla::op::Vla)->Apply(grid);
 BENCHMARK_TEMPLATE(BM_Forward, vla::op::DeltaNet)->Apply(grid);
-BENCHMARK_TEMPLATE(BM_Forward, vla::op::LinearAttention)->Apply(grid);
+BENCHMARK_TEMPLATE(BM_Forward, vla::op::LinearAttention)->Apply(grid_recurrent);  // no chunked path
+BENCHMARK_TEMPLATE(BM_Crossover, vla::op::Vla)->Apply(crossover);
 
 int main(int argc, char** argv) {
   g_gemm_peak_flops = measure_gemm_peak();

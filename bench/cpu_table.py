@@ -19,10 +19,10 @@ def main(path):
         if name.startswith("BM_EigenGemm"):
             gemm[name.split("/")[1]] = b["GFLOP/s"]
             continue
-        m = re.match(r"BM_Forward<vla::op::(\w+)>/dk:(\d+)/BH:(\d+)/T:(\d+)/threads:(\d+)", name)
-        if not m:
+        m = re.match(r"BM_Forward<vla::op::(\w+)>/dk:(\d+)/BH:(\d+)/T:(\d+)/threads:(\d+)(?:/path:(\d+))?", name)
+        if not m or (m.group(6) or "0") != "0":  # this table is the recurrent path's (path:0)
             continue
-        op, dk, bh, t, th = m.group(1), *map(int, m.groups()[1:])
+        op, dk, bh, t, th = m.group(1), *map(int, m.groups()[1:5])
         rows.setdefault((dk, bh, t, th), {})[op] = b
     print("Eigen float GEMM, one thread: " + ", ".join(f"n={n}: {g:.1f} GFLOP/s" for n, g in sorted(gemm.items())))
     print()

@@ -31,13 +31,15 @@ struct CpuOptions {
   /// states that vla itself produced may turn this off: the factorisation costs more than a step.
   bool check_positive_definite = true;
   /// Recurrent (§2 token by token) or chunked (§4; VLA and DeltaNet). `automatic` takes the chunked
-  /// path for sequences of at least kChunkedFrom tokens, where it measured faster (bench/RESULTS.md).
+  /// path for sequences of at least kChunkedFrom tokens; on the CPUs measured so far the chunked
+  /// path was slower at every shape, so that is never in effect (bench/RESULTS.md).
   Path path = Path::automatic;
   /// Tokens per chunk of the chunked path; 0 = the default (kDefaultChunk).
   int chunk = 0;
 
   static constexpr int kDefaultChunk = 64;
-  static constexpr std::int64_t kChunkedFrom = 256;
+  /// Never, in effect: chunked measured 0.27–0.63× recurrent at every dk, B·H, T (bench/RESULTS.md, 2026-12-01).
+  static constexpr std::int64_t kChunkedFrom = std::int64_t(1) << 62;
 };
 
 namespace detail {
