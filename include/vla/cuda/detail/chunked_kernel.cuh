@@ -5,12 +5,12 @@
 // line is vla/chunked.hpp, in the same order):
 //   P1  tokens → Û, K̂, Q, V (rules' scale-safe norms), refresh counts r, r′, z prefix sums
 //   P2  X = [Û; K̂] A (+ the refresh terms: X = [W̃; K̂A + ε r′ K̂]),  KSQ = [K̂; Q] Sᵀ,  zᵀq per row
-//   P3  Ĝ = I + tril(Û W̃ᵀ) (fp32, an entry per thread) and its LDLᵀ in one warp, a row per lane in
-//       registers (pivots D = the steps' δ)
+//   P3  Ĝ = I + tril(Û W̃ᵀ) and its LDLᵀ in one warp, a row per lane in registers (pivots D = the
+//       steps' δ)
 //   P4  Z = L⁻¹ W̃ (forward substitution, one thread per column)
-//   P5  P = tril(K̂ Zᵀ) D⁻¹ (fp32);  A ← A − Zᵀ D⁻¹ Z + ε r′ I (lower tiles, mirrored: A stays symmetric)
+//   P5  P = tril(K̂ Zᵀ) D⁻¹;  A ← A − Zᵀ D⁻¹ Z + ε r′ I (lower tiles, mirrored: A stays symmetric)
 //   P6  Alpha = X_K − P Z          P7  α̂ = α/‖α‖ (zero rules)
-//   P8  L_k = tril₋(K̂ Α̂ᵀ), QA = tril(Q Α̂ᵀ) (fp32)
+//   P8  L_k = tril₋(K̂ Α̂ᵀ), QA = tril(Q Α̂ᵀ)
 //   P9  (I + L_k) E = V − K̂ Sᵀ (forward substitution, one thread per column)
 //   P10 O = QSᵀ + QA E → o (normaliser, huge-q rows flagged);  S ← S + Eᵀ Α̂
 // The d-sized products run as mma.sync m16n8k8 TF32 with fp32 accumulation; "split" products use
@@ -31,8 +31,8 @@
 #include "vla/detail/rules.hpp"
 #include "vla/layout.hpp"
 
-// 3×TF32 for the A part's products (Û A, K̂ A, P Z, Zᵀ D⁻¹ Z): 1 = always, 0 = for float tokens only.
-// (The C×C products Û W̃ᵀ, K̂ Zᵀ, K̂ Α̂ᵀ, Q Α̂ᵀ run in plain fp32, one entry per thread.)
+// 3×TF32 for the A part's products (Û A, K̂ A, Û W̃ᵀ, K̂ Zᵀ, P Z, Zᵀ D⁻¹ Z): 1 = always, 0 = for float
+// tokens only.
 #ifndef VLA_CUDA_CHUNKED_SPLIT_A
 #define VLA_CUDA_CHUNKED_SPLIT_A 0
 #endif
@@ -338,11 +338,12 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     }
     if (tid < C) {
       // refreshes at steps j ∈ [steps, steps + t) are those with (j + 1) a multiple of the period
+      // with ph = steps mod P (one 64-bit remainder): floor((steps + t)/P) − floor(steps/P) = (ph + t)/P
       const int P = p.refresh_period;
       const int t = tid < n ? tid : n - 1;
-      const std::int64_t base = steps;
-      Rb[tid] = P > 0 ? float((base + t) / P - base / P) : 0.f;
-      Ra[tid] = P > 0 ? float((base + t + 1) / P - base / P) : 0.f;
+      const int ph = P > 0 ? static_cast<int>(steps % P) : 0;
+      Rb[tid] = P > 0 ? float((ph + t) / P) : 0.f;
+      Ra[tid] = P > 0 ? float((ph + t + 1) / P) : 0.f;
       Flag[tid] = 0.f;
       if (tid == 0) Flag[C] = 0.f;
     }
@@ -377,16 +378,11 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     __syncthreads();
     VLA_CHUNKED_PHASE(2);
 
-    // P3: Ĝ = I + tril(Û W̃ᵀ) in fp32, one entry per thread; then L D Lᵀ = Ĝ in warp 0 (L below
+    // P3: Ĝ = I + tril(Û W̃ᵀ) (tensor cores, a tile per warp); then L D Lᵀ = Ĝ in warp 0 (L below
     // the diagonal of Gm, D in Dp).
-    for (int e = tid; e < C * C; e += L::NT) {
-      const int r = e / C, col = e % C;
-      float acc = r == col ? 1.f : 0.f;
-      if (col <= r)
-#pragma unroll 16
-        for (int i = 0; i < DK; ++i) acc += Uh[r * LK + i] * X[col * LK + i];
-      Gm[r * LC + col] = acc;
-    }
+    product<kSplitA, DK>(Operand{Uh, LK, 1}, Operand{X, 1, LK}, C, C, warp, NW, lane, [&](int r, int col, float v) {
+      Gm[r * LC + col] = col <= r ? v + (r == col ? 1.f : 0.f) : 0.f;
+    });
     __syncthreads();
     if (warp == 0) {
       // L D Lᵀ with lane i holding row i of Ĝ in registers (right-looking, fully unrolled): the
@@ -427,16 +423,8 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     VLA_CHUNKED_PHASE(4);
 
     // P5: P = tril(K̂ Zᵀ) D⁻¹ (warp 0); A ← A − Zᵀ D⁻¹ Z + ε r′ I on the lower tiles, mirrored.
-    for (int e = tid; e < C * C; e += L::NT) {  // fp32, one entry per thread
-      const int r = e / C, col = e % C;
-      float acc = 0.f;
-      if (col <= r) {
-#pragma unroll 16
-        for (int i = 0; i < DK; ++i) acc += Kh[r * LK + i] * Zm[col * LK + i];
-        acc /= Dp[col];
-      }
-      Pm[r * LC + col] = acc;
-    }
+    product<kSplitA, DK>(Operand{Kh, LK, 1}, Operand{Zm, 1, LK}, C, C, warp, NW, lane,
+                         [&](int r, int col, float v) { Pm[r * LC + col] = col <= r ? v / Dp[col] : 0.f; });
     {
       const float refresh = n > 0 ? p.refresh_eps * Ra[n - 1] : 0.f;
       // Zᵀ D⁻¹ Z as (D^{-1/2} Z)ᵀ (D^{-1/2} Z), lower tiles only; each element is written once
@@ -518,16 +506,13 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     VLA_CHUNKED_PHASE(7);
 
     // P8: L_k = tril₋(K̂ Α̂ᵀ), QA = tril(Q Α̂ᵀ).
-    for (int e = tid; e < 2 * C * C; e += L::NT) {  // fp32, one entry per thread
-      const bool is_q = e >= C * C;
-      const int r = (e % (C * C)) / C, col = e % C;
-      const float* x = (is_q ? Qs : Kh) + r * LK;
-      float acc = 0.f;
-      if (is_q ? col <= r : col < r)
-#pragma unroll 16
-        for (int i = 0; i < DK; ++i) acc += x[i] * Ah[col * LK + i];
-      (is_q ? QA : Lk)[r * LC + col] = acc;
-    }
+    // [K̂; Q] Α̂ᵀ in one product (K̂ and Q are consecutive rows of UKQ).
+    product<kSplitS, DK>(Operand{Kh, LK, 1}, Operand{Ah, 1, LK}, 2 * C, C, warp, NW, lane, [&](int r, int col, float v) {
+      if (r < C)
+        Lk[r * LC + col] = col < r ? v : 0.f;
+      else
+        QA[(r - C) * LC + col] = col <= r - C ? v : 0.f;
+    });
     __syncthreads();
     VLA_CHUNKED_PHASE(8);
 
