@@ -1,17 +1,22 @@
 # cmake/VlaCuda.cmake — the CUDA backend (include/vla/cuda/): its tests and GPU benches.
 #
-# Included by the top-level CMakeLists.txt. VLA_ENABLE_CUDA defaults to ON when a CUDA compiler is
-# found. Every CUDA source is compiled whenever it is on, also on machines without a GPU (CI), so a
+# Included by the top-level CMakeLists.txt. VLA_ENABLE_CUDA defaults to ON when vla is the top-level
+# project and a CUDA compiler is found, OFF when vla is a subproject. Every CUDA source is compiled whenever it is on, also on machines without a GPU (CI), so a
 # compile error fails the build; tests that need a GPU carry the label "gpu" and report themselves
 # skipped (exit code 77) when no device is present.
 include(CheckLanguage)
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
   set(CMAKE_CUDA_ARCHITECTURES 90 CACHE STRING "CUDA architectures for vla's CUDA targets (default: sm_90, Hopper)")
 endif()
-check_language(CUDA)
+# On by default only for vla's own builds with a CUDA compiler present: a project that includes vla
+# with add_subdirectory gets no CUDA language, no kernels and no nvcc requirement unless it asks
+# (-DVLA_ENABLE_CUDA=ON). vla's CUDA headers need none of this: they compile in the consumer's .cu files.
 set(_vla_cuda_default OFF)
-if(CMAKE_CUDA_COMPILER)
-  set(_vla_cuda_default ON)
+if(_vla_top)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(_vla_cuda_default ON)
+  endif()
 endif()
 option(VLA_ENABLE_CUDA "Build vla's CUDA backend tests and benches" ${_vla_cuda_default})
 
