@@ -395,3 +395,27 @@ TEMPLATE_TEST_CASE("baseline forwards reject bad arguments and write nothing", "
     CHECK_NOTHROW(run_op<vla::op::DeltaNet>(a, cfg, 2));
   }
 }
+
+TEST_CASE("forward's messages name the argument, the token, the head and the element", "[invalid][forward][messages]") {
+  ForwardFixture<float> fx;
+  const vla::Config cfg;
+  // A non-finite input: by (token, head, element), here token 7, head 1, element 2 of q ([tokens, H=2, dk=5]).
+  fx.b.q[std::size_t((7 * 2 + 1) * 5 + 2)] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(run_op<vla::op::Vla>(fx.args(), cfg, 1),
+                    Catch::Contains("q has a non-finite entry at token 7, head 1, element 2"));
+  CHECK(fx.untouched());
+  fx.b.q[std::size_t((7 * 2 + 1) * 5 + 2)] = 0.5f;
+  // A missing argument: one prefix, the op named once.
+  auto a = fx.args();
+  a.u = nullptr;
+  CHECK_THROWS_WITH(run_op<vla::op::Vla>(a, cfg, 1), Catch::Equals("vla::forward<vla>: u (the penalty directions) is required"));
+  // A bad initial state: by (sequence, head); pair 3 is sequence 1, head 1 (H = 2).
+  fx.init.A[std::size_t(3 * 25)] = -1;
+  CHECK_THROWS_WITH(run_op<vla::op::Vla>(fx.args(), cfg, 1),
+                    Catch::Contains("initial_state of sequence 1, head 1") && Catch::Contains("positive definite"));
+  CHECK(fx.untouched());
+  // beta by (token, head).
+  ForwardFixture<float> dn;
+  dn.b.beta[std::size_t(4 * 2 + 1)] = 2.f;
+  CHECK_THROWS_WITH((run_op<vla::op::DeltaNet>(dn.b.args(), cfg, 1)), Catch::Contains("beta must be in (0, 1] (token 4, head 1)"));
+}

@@ -32,6 +32,9 @@ struct StateBuffers {
 };
 
 /// A batched forward's arguments. `In` is the token scalar, `St` the state scalar.
+/// q, k (and u) must already be feature-mapped (the paper: φ(x) = ELU(x) + 1, vla::elu_plus_one);
+/// batch = 0 or seq_len = 0 is a valid forward with nothing to compute: o is not touched and the
+/// final state, when asked for, is the initial (or fresh) one.
 template <class In, class St = In>
 struct ForwardArgs {
   std::int64_t batch = 0;    ///< number of sequences N
@@ -69,7 +72,12 @@ VLA_HOST_DEVICE TokenSpan token_span(const std::int64_t* cu_seqlens, std::int64_
 
 namespace detail {
 
-[[noreturn]] inline void bad_arg(const std::string& what) { throw std::invalid_argument("vla::forward: " + what); }
+/// Throws std::invalid_argument("vla::forward: what"), or "vla::forward<op>: what" when the problem
+/// is particular to one op.
+[[noreturn]] inline void bad_arg(const std::string& what, const char* op = nullptr) {
+  throw std::invalid_argument(std::string("vla::forward") + (op ? std::string("<") + op + ">" : std::string()) + ": " +
+                              what);
+}
 
 }  // namespace detail
 }  // namespace vla

@@ -50,22 +50,23 @@ namespace detail {
 /// whole state parts. Data-dependent checks (finite values, cu_seqlens order) are the backend's.
 template <class Op, class In, class St>
 void check_args(const ForwardArgs<In, St>& a) {
-  const std::string op = Op::name;
-  if (a.batch < 0) bad_arg(op + ": batch must be >= 0");
-  if (!a.varlen() && a.seq_len < 0) bad_arg(op + ": seq_len must be >= 0");
-  if (a.heads <= 0) bad_arg(op + ": heads must be > 0");
-  if (a.dk <= 0) bad_arg(op + ": dk must be > 0");
-  if (a.dv <= 0) bad_arg(op + ": dv must be > 0");
-  if (!a.q || !a.k || !a.v || !a.o) bad_arg(op + ": q, k, v and o are required");
-  if (Op::uses_u && !a.u) bad_arg(op + ": u (the penalty directions) is required");
-  if (Op::uses_beta && !a.beta) bad_arg(op + ": beta is required");
+  const char* op = Op::name;
+  if (a.batch < 0) bad_arg("batch must be >= 0", op);
+  if (!a.varlen() && a.seq_len < 0) bad_arg("seq_len must be >= 0", op);
+  if (a.heads <= 0) bad_arg("heads must be > 0", op);
+  if (a.dk <= 0) bad_arg("dk must be > 0", op);
+  if (a.dv <= 0) bad_arg("dv must be > 0", op);
+  if (!a.q || !a.k || !a.v || !a.o) bad_arg("q, k, v and o are required", op);
+  if (Op::uses_u && !a.u) bad_arg("u (the penalty directions) is required", op);
+  if (Op::uses_beta && !a.beta) bad_arg("beta is required", op);
   auto whole = [&](const auto& s, const char* which) {
     const int given = (s.S != nullptr) + (Op::uses_A && s.A != nullptr) + (Op::uses_z && s.z != nullptr) +
                       (Op::uses_steps && s.steps != nullptr);
     const int needed = 1 + Op::uses_A + Op::uses_z + Op::uses_steps;
     if (given != 0 && given != needed)
-      bad_arg(op + ": " + which + " must give all of its parts (" + (Op::uses_A ? "A, " : "") + "S" +
-              (Op::uses_z ? ", z" : "") + (Op::uses_steps ? ", steps" : "") + ") or none");
+      bad_arg(std::string(which) + " must give all of its parts (" + (Op::uses_A ? "A, " : "") + "S" +
+                  (Op::uses_z ? ", z" : "") + (Op::uses_steps ? ", steps" : "") + ") or none",
+              op);
     return given != 0;
   };
   whole(a.initial_state, "initial_state");

@@ -158,11 +158,12 @@ struct CpuOp<op::DeltaNet, Scalar> {
   }
 };
 
-/// Throws if any of p[0, n) is NaN or ±inf. A value is non-finite exactly when its exponent bits
+/// Throws if any of p[0, n) (a [tokens, H, d] buffer) is NaN or ±inf, naming the first one by
+/// (token, head, element). A value is non-finite exactly when its exponent bits
 /// are all ones; OR-ing that test over a block is an integer reduction, which the compiler
 /// vectorises (a floating-point one it may not reorder). A flagged block is searched for the message.
 template <class Scalar>
-void require_finite_buffer(const Scalar* p, std::int64_t n, const char* what) {
+void require_finite_buffer(const Scalar* p, std::int64_t n, std::int64_t heads, std::int64_t d, const char* what) {
   using Bits = std::conditional_t<sizeof(Scalar) == 4, std::uint32_t, std::uint64_t>;
   constexpr Bits exp_mask = sizeof(Scalar) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
   constexpr std::int64_t block = 4096;
@@ -176,7 +177,10 @@ void require_finite_buffer(const Scalar* p, std::int64_t n, const char* what) {
     }
     if (!bad) continue;
     for (std::int64_t i = b0; i < b0 + len; ++i)
-      if (!std::isfinite(p[i])) bad_arg(std::string(what) + " has a non-finite entry at flat index " + std::to_string(i));
+      if (!std::isfinite(p[i]))
+        bad_arg(std::string(what) + " has a non-finite entry at token " + std::to_string(i / (heads * d)) + ", head " +
+                std::to_string((i / d) % heads) + ", element " + std::to_string(i % d) + " (flat index " +
+                std::to_string(i) + ")");
   }
 }
 
@@ -251,22 +255,30 @@ struct BackendTraits<backend::Cpu> {
     if (opt.chunk < 0) detail::bad_arg("CpuOptions::chunk must be >= 0");
     constexpr bool has_chunked = !std::is_same<Op, op::LinearAttention>::value;
     if (!has_chunked && opt.path == Path::chunked)
-      detail::bad_arg(std::string(Op::name) + ": no chunked path (Path::chunked is for VLA and DeltaNet)");
+      detail::bad_arg("no chunked path (Path::chunked is for VLA and DeltaNet)", Op::name);
     const std::int64_t tokens = a.varlen() ? detail::check_cu_seqlens(a.cu_seqlens, a.batch) : a.batch * a.seq_len;
-    detail::require_finite_buffer(a.q, tokens * a.heads * a.dk, "q");
-    detail::require_finite_buffer(a.k, tokens * a.heads * a.dk, "k");
-    detail::require_finite_buffer(a.v, tokens * a.heads * a.dv, "v");
-    if (Op::uses_u) detail::require_finite_buffer(a.u, tokens * a.heads * a.dk, "u");
+    detail::require_finite_buffer(a.q, tokens * a.heads * a.dk, a.heads, a.dk, "q");
+    detail::require_finite_buffer(a.k, tokens * a.heads * a.dk, a.heads, a.dk, "k");
+    detail::require_finite_buffer(a.v, tokens * a.heads * a.dv, a.heads, a.dv, "v");
+    if (Op::uses_u) detail::require_finite_buffer(a.u, tokens * a.heads * a.dk, a.heads, a.dk, "u");
     if (Op::uses_beta)
       for (std::int64_t i = 0; i < tokens * a.heads; ++i)
         if (!(a.beta[i] > Scalar(0) && a.beta[i] <= Scalar(1)))
-          detail::bad_arg("beta must be in (0, 1] (flat index " + std::to_string(i) + ")");
+          detail::bad_arg("beta must be in (0, 1] (token " + std::to_string(i / a.heads) + ", head " +
+                          std::to_string(i % a.heads) + ")");
 
     // Load (and so validate) every initial state before any output is written.
     const std::int64_t pairs = a.batch * a.heads;
     std::vector<typename Ops::State> states;
     states.reserve(static_cast<std::size_t>(pairs));
-    for (std::int64_t p = 0; p < pairs; ++p) states.push_back(Ops::make(a, cfg, opt, p));
+    for (std::int64_t p = 0; p < pairs; ++p) {
+      try {
+        states.push_back(Ops::make(a, cfg, opt, p));
+      } catch (const std::invalid_argument& e) {
+        detail::bad_arg("initial_state of sequence " + std::to_string(p / a.heads) + ", head " +
+                        std::to_string(p % a.heads) + " (state index " + std::to_string(p) + "): " + e.what());
+      }
+    }
 
     // Time-blocked: every pair of a thread runs kTimeBlock tokens before the next pair does. The
     // tokens of all heads sit together in memory ([tokens, H, D]), so the first head of a block
