@@ -11,4 +11,5 @@
 #include "vla/jacobian.hpp"
 #include "vla/layout.hpp"
 #include "vla/penalty_inverse.hpp"
+#include "vla/rows.hpp"
 #include "vla/state.hpp"
