@@ -66,6 +66,20 @@ inline Stream random_stream(int dk, int dv, int T, unsigned seed) {
   return s;
 }
 
+/// Zeroes, at random steps (seeded), about one step in eight of each of k, u, q and v: the defined
+/// zero-vector steps of docs/maths.md §2 mixed into a stream.
+inline void zero_some_vectors(Stream& s, unsigned seed) {
+  std::mt19937 rng(seed);
+  const std::size_t dk = std::size_t(s.dk), dv = std::size_t(s.dv);
+  for (std::size_t t = 0; t < std::size_t(s.T); ++t) {
+    const unsigned r = rng() % 8;
+    if (r == 0) std::fill(s.k.begin() + t * dk, s.k.begin() + (t + 1) * dk, 0.0);
+    if (r == 1) std::fill(s.u.begin() + t * dk, s.u.begin() + (t + 1) * dk, 0.0);
+    if (r == 2) std::fill(s.q.begin() + t * dk, s.q.begin() + (t + 1) * dk, 0.0);
+    if (r == 3) std::fill(s.v.begin() + t * dv, s.v.begin() + (t + 1) * dv, 0.0);
+  }
+}
+
 /// Rounds every input to Scalar (and back), so the reference sees exactly what the library sees.
 template <class Scalar>
 Stream rounded(Stream s) {

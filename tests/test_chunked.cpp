@@ -125,14 +125,7 @@ TEMPLATE_TEST_CASE("chunked VLA from a warm initial state, other configurations"
 TEMPLATE_TEST_CASE("chunked VLA: zero keys, zero penalty directions, zero q and v", "[chunked][zero]", float, double) {
   const int dk = 13, dv = 7, T = 300;
   vt::Stream s = vt::random_stream(dk, dv, T, 17);
-  std::mt19937 rng(18);
-  for (int t = 0; t < T; ++t) {
-    const unsigned r = rng() % 8;
-    if (r == 0) std::fill(s.k.begin() + t * dk, s.k.begin() + (t + 1) * dk, 0.0);
-    if (r == 1) std::fill(s.u.begin() + t * dk, s.u.begin() + (t + 1) * dk, 0.0);
-    if (r == 2) std::fill(s.q.begin() + t * dk, s.q.begin() + (t + 1) * dk, 0.0);
-    if (r == 3) std::fill(s.v.begin() + t * dv, s.v.begin() + (t + 1) * dv, 0.0);
-  }
+  vt::zero_some_vectors(s, 18);
   s = vt::rounded<TestType>(s);
   const vla::Config cfg;
   const Errors e = against_reference(run_path<TestType>(s, cfg, vla::Path::chunked, 32), s, cfg);
