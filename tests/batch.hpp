@@ -126,4 +126,19 @@ vla::Matrix<Scalar> outputs_of(const Batch<Scalar>& b, std::int64_t n, std::int6
   return m;
 }
 
+/// Runs the tokens of sequence n, head h of a batch through the float64 reference r (which holds
+/// its state); returns the outputs in token order.
+template <class Scalar>
+std::vector<double> ref_replay(ref::Vla& r, const Batch<Scalar>& b, std::int64_t n, std::int64_t h) {
+  std::vector<double> o(std::size_t(b.dv)), out;
+  for (std::int64_t t = 0; t < b.len(n); ++t) {
+    const auto x = token(b, b.first(n) + t, h);
+    const Eigen::VectorXd q = x.q.template cast<double>(), k = x.k.template cast<double>(),
+                          v = x.v.template cast<double>(), u = x.u.template cast<double>();
+    r.step(q.data(), k.data(), v.data(), u.data(), o.data());
+    out.insert(out.end(), o.begin(), o.end());
+  }
+  return out;
+}
+
 }  // namespace vt

@@ -195,14 +195,7 @@ TEMPLATE_TEST_CASE("chunked: varlen batch with initial states, any thread count,
       const auto s0 = init.get(p);
       ref::Vla r(16, 8, vt::params(cfg));
       r.A = vt::to_vec(s0.A), r.S = vt::to_vec(s0.S), r.z = vt::to_vec(s0.z), r.t = s0.steps;
-      std::vector<double> o(8), rout;
-      for (std::int64_t t = 0; t < b1.len(n); ++t) {
-        const auto x = vt::token(b1, b1.first(n) + t, h);
-        const Eigen::VectorXd q = x.q.template cast<double>(), k = x.k.template cast<double>(),
-                              v = x.v.template cast<double>(), u = x.u.template cast<double>();
-        r.step(q.data(), k.data(), v.data(), u.data(), o.data());
-        rout.insert(rout.end(), o.begin(), o.end());
-      }
+      const std::vector<double> rout = vt::ref_replay(r, b1, n, h);
       const double eo = vt::rel_rms(vt::to_vec(vt::outputs_of(b1, n, h)), rout);
       const double es = vt::rel_rms(vt::to_vec(f1.get(p).S), r.S), ea = vt::rel_rms(vt::to_vec(f1.get(p).A), r.A);
       INFO("sequence " << n << " head " << h << ": o " << eo << " S " << es << " A " << ea);

@@ -130,14 +130,8 @@ TEMPLATE_TEST_CASE("batched VLA forward matches the float64 reference", "[forwar
   for (std::int64_t n = 0; n < b.N; ++n)
     for (std::int64_t h = 0; h < b.H; ++h) {
       ref::Vla r(13, 7, vt::params(cfg));
-      std::vector<double> o(7), rout, out;
-      for (std::int64_t t = 0; t < b.len(n); ++t) {
-        const auto x = vt::token(b, b.first(n) + t, h);
-        const Eigen::VectorXd q = x.q.template cast<double>(), k = x.k.template cast<double>(),
-                              v = x.v.template cast<double>(), u = x.u.template cast<double>();
-        r.step(q.data(), k.data(), v.data(), u.data(), o.data());
-        rout.insert(rout.end(), o.begin(), o.end());
-      }
+      const std::vector<double> rout = vt::ref_replay(r, b, n, h);
+      std::vector<double> out;
       const vla::Matrix<TestType> got = vt::outputs_of(b, n, h);
       for (Eigen::Index t = 0; t < got.rows(); ++t)
         for (Eigen::Index i = 0; i < got.cols(); ++i) out.push_back(double(got(t, i)));
