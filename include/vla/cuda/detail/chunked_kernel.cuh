@@ -1,23 +1,16 @@
 // vla/cuda/detail/chunked_kernel.cuh — the chunked VLA forward (docs/maths.md §4) on tensor cores.
 //
-// One CTA per (sequence, head), 8 warps, the float state (A, S, z) in shared memory for the whole
-// sequence. Tokens go through in chunks of C = 32 (VLA_CUDA_CHUNKED_C); for each chunk (the host reference of every
-// line is vla/chunked.hpp, in the same order):
-//   P1  tokens → Û, K̂, Q, V (rules' scale-safe norms), refresh counts r, r′, z prefix sums
-//   P2  X = [Û; K̂] A (+ the refresh terms: X = [W̃; K̂A + ε r′ K̂]),  KSQ = [K̂; Q] Sᵀ,  zᵀq per row
-//   P3  Ĝ = I + tril(Û W̃ᵀ) and its LDLᵀ in one warp, a row per lane in registers (pivots D = the
-//       steps' δ)
-//   P4  Z = L⁻¹ W̃ (forward substitution, one thread per column)
-//   P5  P = tril(K̂ Zᵀ) D⁻¹;  A ← A − Zᵀ D⁻¹ Z + ε r′ I (lower tiles, mirrored: A stays symmetric)
-//   P6  Alpha = X_K − P Z          P7  α̂ = α/‖α‖ (zero rules)
-//   P8  L_k = tril₋(K̂ Α̂ᵀ), QA = tril(Q Α̂ᵀ)
-//   P9  (I + L_k) E = V − K̂ Sᵀ (forward substitution, one thread per column)
-//   P10 O = QSᵀ + QA E → o (normaliser, huge-q rows flagged);  S ← S + Eᵀ Α̂
+// One CTA per (sequence, head) of 16 warps in two roles that run at the same time, the float state
+// in shared memory for the whole sequence, tokens in chunks of C = 32 (VLA_CUDA_CHUNKED_C). The S
+// part needs only α̂ from the A part, so the 8 A warps run the A chain (Û, K̂ → X = [Û; K̂]A → Ĝ and
+// its LDLᵀ → Z = L⁻¹W̃ → P, the A update → Alpha → α̂) and hand each chunk's α̂ to the 8 S warps
+// through a ring of two slots, while those finish the previous chunk (L_k, QA, E, O → o, the S
+// update). The host reference of every line is vla/chunked.hpp, in the same order; the design,
+// the precision of each product and the measured effect of each choice are in
+// include/vla/cuda/README.md, "The chunked kernel".
 // The d-sized products run as mma.sync m16n8k8 TF32 with fp32 accumulation; "split" products use
 // 3×TF32 (a = a_hi + a_lo, a·b ≈ a_hi b_hi + a_hi b_lo + a_lo b_hi), which carries fp32 accuracy:
 // every product for float tokens, none for half/bf16 tokens (VLA_CUDA_CHUNKED_SPLIT_A/_S).
-// Measured cost per chunk and what bounds it: include/vla/cuda/README.md, "The chunked kernel".
-// The next chunk's tokens are copied in by cp.async while the current one runs.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -192,420 +185,601 @@ __device__ __forceinline__ void warp_unit_factors(const float (&x)[R][N], const 
 
 // ---- layout
 
-/// The chunked kernel's shared memory for head dims (DK, DV), token type In: float tiles with
-/// padded rows (ld ≡ 4 mod 32 keeps the fragment loads of row-major operands conflict-free), then
-/// two stages of raw tokens.
+/// The chunked kernel's shared memory for head dims (DK, DV), token type In. Two regions, one per
+/// role (the A warps and the S warps never touch the other's), a ring of two α̂ slots between them,
+/// then each role's one stage of raw tokens. Float tiles have padded rows (ld ≡ 4 mod 32 keeps the
+/// fragment loads of row-major operands conflict-free).
 template <class In, int DK, int DV>
 struct ChunkedLayout {
   static constexpr int C = VLA_CUDA_CHUNKED_C;  ///< tokens per chunk
-  static constexpr int NT = 256, NW = NT / 32;
+  static constexpr int NWR = 8;                 ///< warps per role
+  static constexpr int NTR = 32 * NWR;          ///< threads per role
+  static constexpr int NT = 2 * NTR, NW = 2 * NWR;
   static constexpr int LK = DK + 4, LV = DV + 4, LC = C + 4;
-  // float offsets
-  static constexpr int oA = 0;                     // A: DK × LK
-  static constexpr int oS = oA + DK * LK;          // S: DV × LK
-  static constexpr int oz = oS + DV * LK;          // z: DK
-  static constexpr int oUKQ = oz + DK;             // [Û; K̂; Q]: 3C × LK
-  static constexpr int oV = oUKQ + 3 * C * LK;     // V: C × LV
-  static constexpr int oX = oV + C * LV;           // X = [W̃; K̂A + εr′K̂]: 2C × LK; later E (C × LV) over W̃
-  static constexpr int oKSQ = oX + 2 * C * (LK > LV ? LK : LV);  // [K̂Sᵀ; QSᵀ]: 2C × LV
-  static constexpr int oZ = oKSQ + 2 * C * LV;     // z prefix sums (P1–P2), then Z: C × LK
-  static constexpr int oAh = oZ + C * LK;          // Alpha, then α̂: C × LK
-  static constexpr int oG = oAh + C * LK;          // Ĝ → L: C × LC
-  static constexpr int oP = oG + C * LC;           // P: C × LC
-  static constexpr int oLk = oP + C * LC;          // L_k: C × LC
-  static constexpr int oQA = oLk + C * LC;         // QA: C × LC
-  static constexpr int oD = oQA + C * LC;          // pivots D: C
-  static constexpr int oR = oD + C;                // r_t (refreshes before step t): C
-  static constexpr int oRp = oR + C;               // r′_t: C
-  static constexpr int oZQ = oRp + C;              // zᵀq per row: C
-  static constexpr int oFlag = oZQ + C;            // per row: 1 = the output needs the huge-q rule; [C] any
-  static constexpr int oKZ = oFlag + C + 4;         // per row: 1 = k̂ counts as zero
-  static constexpr int floats = oKZ + C;
-  static constexpr std::size_t stage_elems = std::size_t(3 * C * DK + C * DV);  // u, k, q, v
-  static constexpr std::size_t stage_bytes = stage_elems * sizeof(In);
-  static constexpr std::size_t raw_offset = (std::size_t(floats) * 4 + 15) / 16 * 16;
-  static constexpr std::size_t bytes = raw_offset + 2 * stage_bytes;
+  static constexpr int kRing = 2;  ///< α̂ slots: the A warps run up to two chunks ahead
+  // float offsets — the A role
+  static constexpr int oA = 0;                 // A: DK × LK
+  static constexpr int oUK = oA + DK * LK;     // [Û; K̂] of this chunk and of the next: 2 × 2C × LK
+  static constexpr int oX = oUK + 4 * C * LK;  // X = [W̃; K̂A + εr′K̂]: 2C × LK
+  static constexpr int oZ = oX + 2 * C * LK;   // Z: C × LK
+  static constexpr int oG = oZ + C * LK;       // Ĝᵀ, then L (P3–P4), then P (P5–P6): C × LC
+  static constexpr int oP = oG;
+  static constexpr int oD = oG + C * LC;       // pivots D: C
+  static constexpr int oDi = oD + C;           // 1/D: C
+  static constexpr int oR = oDi + C;           // r_t (refreshes before step t): 2 × C (this chunk, next)
+  static constexpr int oRp = oR + 2 * C;       // r′_t: 2 × C
+  static constexpr int oKZ = oRp + 2 * C;      // per row: 1 = k̂ counts as zero: 2 × C
+  // the S role
+  static constexpr int oS = oKZ + 2 * C;         // S: DV × LK
+  static constexpr int oz = oS + DV * LK;        // z: DK
+  static constexpr int oKQ = oz + DK;            // [K̂; Q]: 2C × LK
+  static constexpr int oV = oKQ + 2 * C * LK;    // V: C × LV
+  static constexpr int oKSQ = oV + C * LV;       // [K̂Sᵀ; QSᵀ]: 2C × LV
+  static constexpr int oE = oKSQ + 2 * C * LV;   // E: C × LV
+  static constexpr int oZp = oE + C * LV;        // z_t = z_c + Σ_{s≤t} k_s per row: C × LK
+  static constexpr int oLk = oZp + C * LK;       // L_k: C × LC
+  static constexpr int oQA = oLk + C * LC;       // QA: C × LC
+  static constexpr int oZQ = oQA + C * LC;       // zᵀq per row: C
+  static constexpr int oFlag = oZQ + C;          // per row: 1 = the output needs the huge-q rule; [C] any
+  // the ring
+  static constexpr int oRing = oFlag + C + 4;    // α̂ of a chunk per slot: kRing × C × LK
+  static constexpr int floats = oRing + kRing * C * LK;
+  // raw tokens (one stage per role; the next chunk's copy starts once the current one is converted)
+  static constexpr std::size_t stageA_elems = std::size_t(2 * C * DK);         // u, k
+  static constexpr std::size_t stageS_elems = std::size_t(2 * C * DK + C * DV);  // k, q, v
+  static constexpr std::size_t stageA_offset = (std::size_t(floats) * 4 + 15) / 16 * 16;
+  static constexpr std::size_t stageS_offset = stageA_offset + (stageA_elems * sizeof(In) + 15) / 16 * 16;
+  static constexpr std::size_t bytes = stageS_offset + stageS_elems * sizeof(In);
+  // named barriers (0 is __syncthreads)
+  static constexpr int kBarA = 1, kBarS = 2;  // named barriers of one role (0: the whole CTA, chunk_handover)
   static_assert(DK % 16 == 0 && DV % 16 == 0, "vla: chunked kernel head dims must be multiples of 16");
+  static_assert(2 * C % NWR == 0 && C % NWR == 0, "vla: rows per warp");
 };
 
-/// Copies rows [0, n) of chunk tokens (from token index `tok`) of u, k, q (DK) and v (DV) into a
-/// stage with cp.async: [u | k | q | v], each C rows.
-template <class In, int DK, int DV>
-__device__ __forceinline__ void stage_tokens(In* st, const RecurrentParams<In>& p, std::int64_t tok, std::int64_t h,
-                                             int n) {
-  using L = ChunkedLayout<In, DK, DV>;
+
+/// The hand-over of a chunk's α̂ between the roles: barrier 0 of the whole CTA. One function that
+/// both roles call, so that the barrier is one instruction (one PC) as the CUDA model asks of a
+/// __syncthreads; bar.sync itself counts arrivals by barrier id wherever they come from.
+/// (A template only so that a header-only library may define it in every translation unit.)
+template <int = 0>
+__device__ __noinline__ void chunk_handover() {
+  __syncthreads();
+}
+
+/// Copies rows [0, n) of a chunk (from token index `tok`) of up to three token arrays, each
+/// of head dim d_i, into a stage laid out [array 0 | array 1 | array 2], C rows each, with cp.async,
+/// spread over the role's NTR threads (rt = the thread's index in its role).
+template <class In, int C, int NTR>
+__device__ __forceinline__ void stage_rows(In* st, std::int64_t H, std::int64_t h, std::int64_t tok, int n, int rt,
+                                           const In* a0, int d0, const In* a1, int d1, const In* a2, int d2) {
   constexpr int EPV = 16 / sizeof(In);  // elements per 16-byte copy
-  constexpr int KV = DK / EPV, VV = DV / EPV;
-  const std::int64_t H = p.heads;
-  const int total = n * (3 * KV + VV);
-  for (int i = threadIdx.x; i < total; i += L::NT) {
-    const int row = i / (3 * KV + VV), r = i % (3 * KV + VV);
+  const int v0 = d0 / EPV, v1 = d1 / EPV, v2 = a2 ? d2 / EPV : 0, per_row = v0 + v1 + v2;
+  for (int i = rt; i < n * per_row; i += NTR) {
+    const int row = i / per_row, r = i % per_row;
     const std::int64_t t = tok + row;
-    if (r < 3 * KV) {
-      const int which = r / KV, c = (r % KV) * EPV;
-      const In* src = (which == 0 ? p.u : which == 1 ? p.k : p.q) + (t * H + h) * DK + c;
-      cp_async16(st + which * L::C * DK + row * DK + c, src);
+    if (r < v0) {
+      cp_async16(st + row * d0 + r * EPV, a0 + (t * H + h) * d0 + r * EPV);
+    } else if (r < v0 + v1) {
+      const int c = (r - v0) * EPV;
+      cp_async16(st + C * d0 + row * d1 + c, a1 + (t * H + h) * d1 + c);
     } else {
-      const int c = (r - 3 * KV) * EPV;
-      cp_async16(st + 3 * L::C * DK + row * DV + c, p.v + (t * H + h) * DV + c);
+      const int c = (r - v0 - v1) * EPV;
+      cp_async16(st + C * (d0 + d1) + row * d2 + c, a2 + (t * H + h) * d2 + c);
     }
   }
 }
 
+/// Unit rows: for R rows per warp (rows row0 .. row0 + R − 1 of the raw tokens `src`, DK wide,
+/// rows ≥ n are zero), dst row = x·factor by the rules' scale-safe normalisation (`extra`: the
+/// û scale 1/√dk, else 1). Returns nothing; zero[row] = 1 where the factor is 0 (if zero != null).
+template <class In, int R, int DK, int LD>
+__device__ __forceinline__ void unit_rows(const In* src, float* dst, int row0, int n, float extra, float* zero, int lane) {
+  float x[R][DK / 32], ex[R], fct[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int row = row0 + r;
+    ex[r] = extra;
+#pragma unroll
+    for (int i = 0; i < DK / 32; ++i) x[r][i] = row < n ? to_float(src[row * DK + lane + 32 * i]) : 0.f;
+  }
+  warp_unit_factors(x, ex, fct);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int row = row0 + r;
+#pragma unroll
+    for (int i = 0; i < DK / 32; ++i) dst[row * LD + lane + 32 * i] = x[r][i] * fct[r];
+    if (zero && lane == 0) zero[row] = fct[r] == 0.f ? 1.f : 0.f;
+  }
+}
+
+/// unit_rows over rows job0 .. job0 + R − 1 of the stacked [Û; K̂] (2C rows; jobs at or past
+/// job_end are skipped): rows j < C are û_j (raw u at st, the 1/√dk scale), the others k̂_{j−C} (raw k at
+/// st + C·DK, their zero flags into kz); the outputs go to ub (Û, then K̂ at ub + C·LK).
+template <class In, int R, int C, int DK, int LK>
+__device__ __forceinline__ void unit_rows_uk(const In* st, float* ub, float* kz, int job0, int job_end, int n,
+                                             float inv_sqrt_dk, int lane) {
+  float x[R][DK / 32], ex[R], fct[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int job = job0 + r, row = job < C ? job : job - C;
+    const bool live = job < job_end && row < n;
+    ex[r] = job < C ? inv_sqrt_dk : 1.f;
+    const In* src = st + (job < C ? 0 : C * DK) + row * DK;
+#pragma unroll
+    for (int i = 0; i < DK / 32; ++i) x[r][i] = live ? to_float(src[lane + 32 * i]) : 0.f;
+  }
+  warp_unit_factors(x, ex, fct);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int job = job0 + r;
+    if (job >= job_end) continue;
+#pragma unroll
+    for (int i = 0; i < DK / 32; ++i) ub[job * LK + lane + 32 * i] = x[r][i] * fct[r];
+    if (job >= C && lane == 0) kz[job - C] = fct[r] == 0.f ? 1.f : 0.f;
+  }
+}
+
+/// The chunked VLA forward: one CTA per (sequence, head) of two warp-specialised roles that run
+/// concurrently, chunk by chunk, joined by a ring of α̂ slots (docs/maths.md §4: the S part needs
+/// only α̂ from the A part):
+///   A warps (0–7):  P2a X = [Û; K̂]A + refresh terms · P3 Ĝ, LDLᵀ (warp 0; warps 1–7: the next
+///                   chunk's Û rows, r, r′) · P4 Z = L⁻¹W̃ (warps 0–1; warps 2–7: the next chunk's
+///                   K̂ rows) · P5 P, A update · P6 Alpha → ring · P7 α̂ (zero rules) · hand-over
+///   S warps (8–15): P1s K̂, Q, V, z prefix · P2s [K̂; Q]Sᵀ, zᵀq · hand-over · P8 L_k, QA · P9 E ·
+///                   P10 O → o, S update · P11 huge-q rows
+/// The hand-over is one CTA barrier per chunk; the S warps, whose chain is the shorter, reach it
+/// first, so the A chain hardly waits.
 template <class In, int DK, int DV>
 __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_kernel(const RecurrentParams<In> p) {
   using L = ChunkedLayout<In, DK, DV>;
-  constexpr int C = L::C, NW = L::NW, LK = L::LK, LV = L::LV, LC = L::LC;
+  constexpr int C = L::C, NW = L::NWR, NTR = L::NTR, LK = L::LK, LV = L::LV, LC = L::LC;
   constexpr bool kSplitA = VLA_CUDA_CHUNKED_SPLIT_A != 0 || std::is_same<In, float>::value;
   constexpr bool kSplitS = VLA_CUDA_CHUNKED_SPLIT_S != 0 || std::is_same<In, float>::value;
   extern __shared__ __align__(16) unsigned char smem[];
   float* const f = reinterpret_cast<float*>(smem);
-  In* const stage0 = reinterpret_cast<In*>(smem + L::raw_offset);
-  float *const As = f + L::oA, *const Ss = f + L::oS, *const zs = f + L::oz;
-  float *const Uh = f + L::oUKQ, *const Kh = Uh + C * LK, *const Qs = Kh + C * LK;
-  float *const Vs = f + L::oV, *const X = f + L::oX, *const E = f + L::oX, *const KSQ = f + L::oKSQ;
-  float *const Zm = f + L::oZ, *const Ah = f + L::oAh, *const Gm = f + L::oG, *const Pm = f + L::oP;
-  float *const Lk = f + L::oLk, *const QA = f + L::oQA, *const Dp = f + L::oD, *const Rb = f + L::oR;
-  float *const Ra = f + L::oRp, *const ZQ = f + L::oZQ, *const Flag = f + L::oFlag, *const KZ = f + L::oKZ;
+  float* const ring = f + L::oRing;
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const bool a_role = tid < NTR;
+  const int rt = tid % NTR, warp = rt >> 5;  // index within the role
   const std::int64_t H = p.heads, pair = blockIdx.x, seq = pair / H, h = pair % H;
   const TokenSpan span = token_span(p.cu_seqlens, p.seq_len, seq);
   const std::int64_t len = span.length;
   const std::int64_t nchunks = (len + C - 1) / C;
   auto ntok = [&](std::int64_t c) { return static_cast<int>(len - c * C < C ? len - c * C : C); };
-
-  if (len > 0) stage_tokens<In, DK, DV>(stage0, p, span.first, h, ntok(0));
-  cp_async_commit();
-
-  // The state: given, or fresh (A = I/λ0, S = 0, z = 0, t = 0).
   const bool has_init = p.S0 != nullptr;
-  for (int i = tid; i < DK * DK; i += L::NT) {
-    const int r = i / DK, c = i % DK;
-    As[r * LK + c] = has_init ? p.A0[pair * DK * DK + i] : (r == c ? p.inv_lambda0 : 0.f);
-  }
-  for (int i = tid; i < DV * DK; i += L::NT) Ss[(i / DK) * LK + i % DK] = has_init ? p.S0[pair * DV * DK + i] : 0.f;
-  for (int i = tid; i < DK; i += L::NT) zs[i] = has_init ? p.z0[pair * DK + i] : 0.f;
   std::int64_t steps = has_init ? p.steps0[pair] : 0;
 #if VLA_CUDA_CHUNKED_PROFILE
   long long prof_[12] = {}, prof_last_ = clock64();
 #endif
 
-  for (std::int64_t c = 0; c < nchunks; ++c) {
-    const int n = ntok(c);
-    const std::int64_t tok = span.first + c * C;
-    In* const st = stage0 + (c & 1) * L::stage_elems;
-    if (c + 1 < nchunks) stage_tokens<In, DK, DV>(stage0 + ((c + 1) & 1) * L::stage_elems, p, tok + C, h, ntok(c + 1));
-    cp_async_commit();
-    cp_async_wait_group<1>();
-    __syncthreads();
-    VLA_CHUNKED_PHASE(0);
-
-    // P1: Û, K̂ (zero rows where they count as zero, and past the sequence's end), Q, V; r, r′; z prefix.
-    const In* const su = st;
-    const In* const sk = st + C * DK;
-    const In* const sq = st + 2 * C * DK;
-    const In* const sv = st + 3 * C * DK;
-    {  // rows warp·J .. warp·J + J − 1 of [Û; K̂], normalised together
-      constexpr int J = 2 * C / NW;
-      static_assert(2 * C % NW == 0, "vla: rows per warp");
-      float x[J][DK / 32], extra[J], fct[J];
-#pragma unroll
-      for (int r = 0; r < J; ++r) {
-        const int job = warp * J + r, row = job % C;
-        const In* src = (job < C ? su : sk) + row * DK;
-        extra[r] = job < C ? p.inv_sqrt_dk : 1.f;
-#pragma unroll
-        for (int i = 0; i < DK / 32; ++i) x[r][i] = row < n ? to_float(src[lane + 32 * i]) : 0.f;
-      }
-      warp_unit_factors(x, extra, fct);
-#pragma unroll
-      for (int r = 0; r < J; ++r) {
-        const int job = warp * J + r, row = job % C;
-        float* dst = (job < C ? Uh : Kh) + row * LK;
-#pragma unroll
-        for (int i = 0; i < DK / 32; ++i) dst[lane + 32 * i] = x[r][i] * fct[r];
-        if (job >= C && lane == 0) KZ[row] = fct[r] == 0.f ? 1.f : 0.f;
-      }
-    }
-    for (int i = tid; i < C * DK; i += L::NT) {
-      const int row = i / DK, col = i % DK;
-      Qs[row * LK + col] = row < n ? to_float(sq[i]) : 0.f;
-    }
-    for (int i = tid; i < C * DV; i += L::NT) {
-      const int row = i / DV, col = i % DV;
-      Vs[row * LV + col] = row < n ? to_float(sv[i]) : 0.f;
-    }
-    if (tid < C) {
-      // refreshes at steps j ∈ [steps, steps + t) are those with (j + 1) a multiple of the period
-      // with ph = steps mod P (one 64-bit remainder): floor((steps + t)/P) − floor(steps/P) = (ph + t)/P
-      const int P = p.refresh_period;
-      const int t = tid < n ? tid : n - 1;
-      const int ph = P > 0 ? static_cast<int>(steps % P) : 0;
-      Rb[tid] = P > 0 ? float((ph + t) / P) : 0.f;
-      Ra[tid] = P > 0 ? float((ph + t + 1) / P) : 0.f;
-      Flag[tid] = 0.f;
-      if (tid == 0) Flag[C] = 0.f;
-    }
-    for (int col = tid; col < DK; col += L::NT) {  // z_t = z_c + Σ_{s≤t} k_s, kept for zᵀq
-      float run = zs[col];
-#pragma unroll
-      for (int row = 0; row < C; ++row) {
-        if (row < n) run += to_float(sk[row * DK + col]);
-        Zm[row * LK + col] = run;
-      }
-      zs[col] = run;
-    }
-    __syncthreads();
-    VLA_CHUNKED_PHASE(1);
-
-    // P2: X = [Û; K̂] A with the refresh terms; KSQ = [K̂; Q] Sᵀ; zᵀq per row.
-    // A is symmetric: B(k, n) = A(k, n) is read as As[n][k], the conflict-free order.
-    product<kSplitA, DK>(Operand{Uh, LK, 1}, Operand{As, 1, LK}, 2 * C, DK, warp, NW, lane, [&](int r, int col, float v) {
-      const float* hat = Uh + r * LK + col;  // Û (r < C) or K̂ (r ≥ C)
-      const float cnt = r < C ? Rb[r] : Ra[r - C];
-      X[r * LK + col] = cnt != 0.f ? v + p.refresh_eps * cnt * *hat : v;
-    });
-    product<kSplitS, DK>(Operand{Kh, LK, 1}, Operand{Ss, 1, LK}, 2 * C, DV, warp, NW, lane,
-                     [&](int r, int col, float v) { KSQ[r * LV + col] = v; });
-    for (int row = warp; row < C; row += NW) {
-      float s = 0.f;
-#pragma unroll
-      for (int i = 0; i < DK / 32; ++i) s += Qs[row * LK + lane + 32 * i] * Zm[row * LK + lane + 32 * i];
-      s = group_sum<32>(s);
-      if (lane == 0) ZQ[row] = s;
-    }
-    __syncthreads();
-    VLA_CHUNKED_PHASE(2);
-
-    // P3: Ĝ = I + tril(Û W̃ᵀ) (tensor cores, a tile per warp); then L D Lᵀ = Ĝ in warp 0 (L below
-    // the diagonal of Gm, D in Dp).
-    product<kSplitA, DK>(Operand{Uh, LK, 1}, Operand{X, 1, LK}, C, C, warp, NW, lane, [&](int r, int col, float v) {
-      Gm[r * LC + col] = col <= r ? v + (r == col ? 1.f : 0.f) : 0.f;
-    });
-    __syncthreads();
-    if (warp == 0) {
-      // L D Lᵀ with lane i holding row i of Ĝ in registers (right-looking, fully unrolled): the
-      // column-j pivot and entries come by shuffles; the reciprocal of each pivot is formed once.
-      float gr[C];
-#pragma unroll
-      for (int m = 0; m < C; ++m) gr[m] = lane < C ? Gm[lane * LC + m] : 0.f;
-#pragma unroll
-      for (int j = 0; j < C; ++j) {
-        const float d = rules::sm_denominator<float>(__shfl_sync(0xffffffffu, gr[j], j), p.stab_eps);
-        const float rd = 1.f / d;
-        const float gij = gr[j];  // this lane's (unscaled) column-j entry
-#pragma unroll
-        for (int m = j + 1; m < C; ++m) gr[m] -= gij * __shfl_sync(0xffffffffu, gr[j], m) * rd;
-        if (lane > j) gr[j] = gij * rd;  // L(i, j)
-        if (lane == 0) Dp[j] = d;
-      }
-      if (lane < C)
-#pragma unroll
-        for (int m = 0; m < C; ++m) Gm[lane * LC + m] = gr[m];
-    }
-    __syncthreads();
-    VLA_CHUNKED_PHASE(3);
-
-    // P4: Z = L⁻¹ W̃, one thread per column.
-    for (int col = tid; col < DK; col += L::NT) {
-      float zc[C];
-#pragma unroll
-      for (int s = 0; s < C; ++s) {
-        float w = X[s * LK + col];
-#pragma unroll
-        for (int j = 0; j < s; ++j) w -= Gm[s * LC + j] * zc[j];
-        zc[s] = w;
-        Zm[s * LK + col] = w;
-      }
-    }
-    __syncthreads();
-    VLA_CHUNKED_PHASE(4);
-
-    // P5: P = tril(K̂ Zᵀ) D⁻¹ (warp 0); A ← A − Zᵀ D⁻¹ Z + ε r′ I on the lower tiles, mirrored.
-    product<kSplitA, DK>(Operand{Kh, LK, 1}, Operand{Zm, 1, LK}, C, C, warp, NW, lane,
-                         [&](int r, int col, float v) { Pm[r * LC + col] = col <= r ? v / Dp[col] : 0.f; });
-    {
-      const float refresh = n > 0 ? p.refresh_eps * Ra[n - 1] : 0.f;
-      // Zᵀ D⁻¹ Z as (D^{-1/2} Z)ᵀ (D^{-1/2} Z), lower tiles only; each element is written once
-      // and mirrored, so A stays exactly symmetric.
-      for (int tile = warp; tile < (DK / 16) * (DK / 16); tile += NW) {
-        const int m0 = (tile / (DK / 16)) * 16, n0 = (tile % (DK / 16)) * 16;
-        if (n0 > m0) continue;
-        float acc[2][4] = {};
-        const int g = lane >> 2, t = lane & 3;
-        for (int k0 = 0; k0 < C; k0 += 8) {
-          // A(m, k) = Z[k][m]·s_k, B(k, n) = Z[k][n]·s_k with s_k = D_k^{-1/2}
-          const float s0 = rsqrtf(Dp[k0 + t]), s1 = rsqrtf(Dp[k0 + t + 4]);
-          const float af[4] = {Zm[(k0 + t) * LK + m0 + g] * s0, Zm[(k0 + t) * LK + m0 + g + 8] * s0,
-                               Zm[(k0 + t + 4) * LK + m0 + g] * s1, Zm[(k0 + t + 4) * LK + m0 + g + 8] * s1};
-          std::uint32_t ah[4], al[4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            ah[i] = to_tf32(af[i]);
-            al[i] = kSplitA ? to_tf32(af[i] - __uint_as_float(ah[i])) : 0u;
-          }
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int nn = n0 + 8 * j + g;
-            const float bf[2] = {Zm[(k0 + t) * LK + nn] * s0, Zm[(k0 + t + 4) * LK + nn] * s1};
-            std::uint32_t bh[2], bl[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-              bh[i] = to_tf32(bf[i]);
-              bl[i] = kSplitA ? to_tf32(bf[i] - __uint_as_float(bh[i])) : 0u;
-            }
-            if (kSplitA) {
-              mma_tf32(acc[j], al, bh);
-              mma_tf32(acc[j], ah, bl);
-            }
-            mma_tf32(acc[j], ah, bh);
-          }
-        }
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int r = m0 + g + (i >= 2 ? 8 : 0), col = n0 + 8 * j + 2 * t + (i & 1);
-            if (col > r) continue;
-            const float v = As[r * LK + col] - acc[j][i] + (r == col ? refresh : 0.f);
-            As[r * LK + col] = v;
-            if (col != r) As[col * LK + r] = v;
-          }
-      }
-    }
-    __syncthreads();
-    VLA_CHUNKED_PHASE(5);
-
-    // P6: Alpha = X_K − P Z.
-    product<kSplitA, C>(Operand{Pm, LC, 1}, Operand{Zm, LK, 1}, C, DK, warp, NW, lane,
-                     [&](int r, int col, float v) { Ah[r * LK + col] = X[(C + r) * LK + col] - v; });
-    __syncthreads();
-    VLA_CHUNKED_PHASE(6);
-
-    // P7: α̂ = α/‖α‖; a zero k̂ or a zero α writes nothing (a zero row).
-    {
-      constexpr int J = C / NW;
-      static_assert(C % NW == 0, "vla: rows per warp");
-      float x[J][DK / 32], one[J], fct[J];
-#pragma unroll
-      for (int r = 0; r < J; ++r) {
-        one[r] = 1.f;
-#pragma unroll
-        for (int i = 0; i < DK / 32; ++i) x[r][i] = Ah[(warp * J + r) * LK + lane + 32 * i];
-      }
-      warp_unit_factors(x, one, fct);
-#pragma unroll
-      for (int r = 0; r < J; ++r) {
-        const float g = KZ[warp * J + r] != 0.f ? 0.f : fct[r];
-#pragma unroll
-        for (int i = 0; i < DK / 32; ++i) Ah[(warp * J + r) * LK + lane + 32 * i] = x[r][i] * g;
-      }
-    }
-    __syncthreads();
-    VLA_CHUNKED_PHASE(7);
-
-    // P8: L_k = tril₋(K̂ Α̂ᵀ), QA = tril(Q Α̂ᵀ).
-    // [K̂; Q] Α̂ᵀ in one product (K̂ and Q are consecutive rows of UKQ).
-    product<kSplitS, DK>(Operand{Kh, LK, 1}, Operand{Ah, 1, LK}, 2 * C, C, warp, NW, lane, [&](int r, int col, float v) {
-      if (r < C)
-        Lk[r * LC + col] = col < r ? v : 0.f;
+  if (a_role) {
+    // =============================== the A warps ===============================
+    float *const As = f + L::oA, *const X = f + L::oX;
+    float *const Zm = f + L::oZ, *const Gt = f + L::oG, *const Pm = f + L::oP, *const Dp = f + L::oD;
+    float* const Di = f + L::oDi;
+    In* const st = reinterpret_cast<In*>(smem + L::stageA_offset);
+    auto stage = [&](std::int64_t c) {
+      stage_rows<In, C, NTR>(st, H, h, span.first + c * C, ntok(c), rt, p.u, DK, p.k, DK, nullptr, 0);
+    };
+    // P1a for chunk cc into buffer b, by warps [w0, w0 + nw): Û, K̂ (zero rows where they count as
+    // zero, and past the sequence's end) in groups of J rows, and the refresh counts r, r′ from
+    // ph = (steps before cc) mod P: the refreshes at steps j ∈ [steps, steps + t) are those with
+    // (j + 1) a multiple of P, floor((steps + t)/P) − floor(steps/P) = (ph + t)/P.
+    // Which warps do it: all NW (chunk 0); or, for the next chunk, the Û rows (and r, r′) by warps
+    // 1 .. NW − 1 beside warp 0's LDLᵀ (P3) and the K̂ rows by warps 2 .. NW − 1 beside P4's
+    // solve (warps 0–1). A row's normalisation is a chain of reductions and divisions, so a
+    // warp's time grows with its rows: the rows are spread as thin as the idle warps allow.
+    enum class Prep { all, u_rows, k_rows };
+    auto prep = [&](std::int64_t cc, int b, int ph, Prep part) {
+      const int n = ntok(cc);
+      float* const Ub = f + L::oUK + b * 2 * C * LK;
+      float* const KZb = f + L::oKZ + b * C;
+      constexpr int R8 = 2 * C / NW, RU = (C + NW - 2) / (NW - 1), RK = (C + NW - 3) / (NW - 2);
+      if (part == Prep::all)
+        unit_rows_uk<In, R8, C, DK, LK>(st, Ub, KZb, warp * R8, 2 * C, n, p.inv_sqrt_dk, lane);
+      else if (part == Prep::u_rows)
+        unit_rows_uk<In, RU, C, DK, LK>(st, Ub, KZb, (warp - 1) * RU, C, n, p.inv_sqrt_dk, lane);
       else
-        QA[(r - C) * LC + col] = col <= r - C ? v : 0.f;
-    });
-    __syncthreads();
-    VLA_CHUNKED_PHASE(8);
-
-    // P9: (I + L_k) E = V − K̂ Sᵀ, one thread per column (E over W̃, which is no longer read).
-    for (int col = tid; col < DV; col += L::NT) {
-      float ec[C];
-#pragma unroll
-      for (int s = 0; s < C; ++s) {
-        float w = Vs[s * LV + col] - KSQ[s * LV + col];
-#pragma unroll
-        for (int j = 0; j < s; ++j) w -= Lk[s * LC + j] * ec[j];
-        ec[s] = w;
+        unit_rows_uk<In, RK, C, DK, LK>(st, Ub, KZb, C + (warp - 2) * RK, 2 * C, n, p.inv_sqrt_dk, lane);
+      if (part == Prep::k_rows) return;
+      const int i = rt - (part == Prep::all ? 0 : 32);
+      if (i >= 0 && i < C) {
+        const int P = p.refresh_period;
+        const int t = i < n ? i : n - 1;
+        f[L::oR + b * C + i] = P > 0 ? float((ph + t) / P) : 0.f;
+        f[L::oRp + b * C + i] = P > 0 ? float((ph + t + 1) / P) : 0.f;
       }
-#pragma unroll
-      for (int s = 0; s < C; ++s) E[s * LV + col] = ec[s];
+    };
+    if (len > 0) stage(0);
+    cp_async_commit();
+    for (int i = rt; i < DK * DK; i += NTR) {  // the state: given, or fresh (A = I/λ0)
+      const int r = i / DK, c = i % DK;
+      As[r * LK + c] = has_init ? p.A0[pair * DK * DK + i] : (r == c ? p.inv_lambda0 : 0.f);
     }
-    __syncthreads();
-    VLA_CHUNKED_PHASE(9);
+    // steps mod refresh_period, carried chunk to chunk (one 64-bit remainder for the whole sequence)
+    int phase = p.refresh_period > 0 ? static_cast<int>(steps % p.refresh_period) : 0;
+#define VLA_SYNC_A() named_sync(L::kBarA, NTR)
+    if (len > 0) {  // chunk 0's P1a by every A warp; later chunks' P1a overlap the previous LDLᵀ
+      cp_async_wait_all();
+      VLA_SYNC_A();
+      prep(0, 0, phase, Prep::all);
+      VLA_SYNC_A();
+      if (nchunks > 1) stage(1);
+      cp_async_commit();
+    }
+    for (std::int64_t c = 0; c < nchunks; ++c) {
+      const int n = ntok(c), slot = static_cast<int>(c % L::kRing), b = static_cast<int>(c & 1);
+      float* const Ah = ring + slot * C * LK;
+      float *const Uh = f + L::oUK + b * 2 * C * LK, *const Kh = Uh + C * LK;
+      const float *const Rb = f + L::oR + b * C, *const Ra = f + L::oRp + b * C, *const KZ = f + L::oKZ + b * C;
+      const int phase_next = p.refresh_period > 0 ? (phase + n) % p.refresh_period : 0;
+      cp_async_wait_all();  // chunk c + 1's tokens (issued after the previous chunk's P3)
+      VLA_SYNC_A();         // they are visible, and the previous chunk is done with every tile
+      VLA_CHUNKED_PHASE(0);
+      VLA_CHUNKED_PHASE(1);
 
-    // P10: O = QSᵀ + QA E → o; S ← S + Eᵀ Α̂.
-    In* const o = p.o;
-    product<kSplitS, C>(Operand{QA, LC, 1}, Operand{E, LV, 1}, C, DV, warp, NW, lane, [&](int r, int col, float v) {
-      if (r >= n) return;
-      const float num = KSQ[(C + r) * LV + col] + v;
-      float out = num;
-      if (p.normalize) {
-        const float zq = ZQ[r];
-        if (!(rules::is_finite(num) && rules::is_finite(zq))) {
-          Flag[r] = 1.f;
-          Flag[C] = 1.f;
-          return;
-        }
-        out = num / rules::output_denominator<float>(zq, p.denom_eps);
-      }
-      o[((tok + r) * H + h) * DV + col] = from_float<In>(out);
-    });
-    product<kSplitS, C>(Operand{E, 1, LV}, Operand{Ah, LK, 1}, DV, DK, warp, NW, lane,
-                     [&](int r, int col, float v) { Ss[r * LK + col] += v; });
-    __syncthreads();
-    VLA_CHUNKED_PHASE(10);
+      // P2a: X = [Û; K̂] A with the refresh terms. A is symmetric: B(k, n) = A(k, n) is read as
+      // As[n][k], the conflict-free order.
+      product<kSplitA, DK>(Operand{Uh, LK, 1}, Operand{As, 1, LK}, 2 * C, DK, warp, NW, lane, [&](int r, int col, float v) {
+        const float* hat = Uh + r * LK + col;  // Û (r < C) or K̂ (r ≥ C)
+        const float cnt = r < C ? Rb[r] : Ra[r - C];
+        X[r * LK + col] = cnt != 0.f ? v + p.refresh_eps * cnt * *hat : v;
+      });
+      VLA_SYNC_A();
+      VLA_CHUNKED_PHASE(2);
 
-    // P11 (rare): rows whose S q or zᵀq overflowed (huge finite q), by rules::rescaled_output from
-    // q̃ = q/max|q|: S_t q̃ = S_end q̃ − Σ_{s>t} e_s (α̂_sᵀ q̃).
-    if (Flag[C] != 0.f) {
-      for (int row = warp; row < n; row += NW) {
-        if (Flag[row] == 0.f) continue;
-        float m = 0.f;
-        for (int i = lane; i < DK; i += 32) m = fmaxf(m, fabsf(Qs[row * LK + i]));
-        m = group_max<32>(m);
-        // z_t = z_end − Σ_{s>t} k_s
-        float acc = 0.f;
-        for (int i = lane; i < DK; i += 32) {
-          float zt = zs[i];
-          for (int s = row + 1; s < n; ++s) zt -= to_float(sk[s * DK + i]);
-          acc += zt * (Qs[row * LK + i] / m);
-        }
-        const float zq_scaled = group_sum<32>(acc);
-        for (int i = 0; i < DV; ++i) {
-          float part = 0.f;
-          for (int j = lane; j < DK; j += 32) part += Ss[i * LK + j] * (Qs[row * LK + j] / m);
-          float sqs = group_sum<32>(part);
-          for (int s = row + 1; s < n; ++s) {
-            float a = 0.f;
-            for (int j = lane; j < DK; j += 32) a += Ah[s * LK + j] * (Qs[row * LK + j] / m);
-            sqs -= E[s * LV + i] * group_sum<32>(a);
+      // P3: Ĝ = I + tril(Û W̃ᵀ) (tensor cores, the lower tiles, a tile per warp), mirrored into
+      // both triangles; then L D Lᵀ = Ĝ in warp 0, L written back over it row-major (for P4's row
+      // loads), D in Dp, 1/D in Di.
+      product<kSplitA, DK>(
+          Operand{Uh, LK, 1}, Operand{X, 1, LK}, C, C, warp, NW, lane,
+          [&](int r, int col, float v) {
+            if (col > r) return;
+            v += r == col ? 1.f : 0.f;
+            Gt[col * LC + r] = v;
+            Gt[r * LC + col] = v;
+          },
+          [](int m0, int n0) { return n0 > m0; });
+      VLA_SYNC_A();
+      VLA_CHUNKED_PHASE(8);  // (the profile's P8: Ĝ's product; P3: the LDLᵀ and the next chunk's P1a)
+#if VLA_CUDA_CHUNKED_PROFILE
+      const long long own0_ = clock64();
+#endif
+      if (warp == 0) {
+        // Gaussian elimination, right-looking and fully unrolled, lane i holding row i of Ĝ (both
+        // triangles) in registers, and with no branches in the loop. At step j every lane i ≥ j
+        // stores its current row i over Gt's row i (predicated 16-byte stores; rows < j are final
+        // and never stored again, so no lane overwrites a row that another lane is still reading),
+        // then every lane reads row j (the Schur complement's row j, by symmetry also column j) in
+        // 16-byte broadcasts and updates its own row with one FMA per entry; lane i's own entry j
+        // gives L(i, j) = G(i, j)/D_j. (Measured per 32-token chunk, warp 0 alone: taking row j by
+        // shuffles 16.3 k cycles, by a store from lane j alone behind a branch 10.5–11.1 k.)
+        float gr[C];
+#pragma unroll
+        for (int m = 0; m < C; ++m) gr[m] = lane < C ? Gt[m * LC + lane] : 0.f;
+        float myd = 1.f;
+        __syncwarp();  // every lane has read its column before rows are stored over the matrix
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          if (lane >= j && lane < C)
+#pragma unroll
+            for (int q = j / 4; q < C / 4; ++q)
+              st4(Gt + lane * LC + 4 * q, make_float4(gr[4 * q], gr[4 * q + 1], gr[4 * q + 2], gr[4 * q + 3]));
+          __syncwarp();
+          const float* const row = Gt + j * LC;
+          const float d = rules::sm_denominator<float>(row[j], p.stab_eps);
+          float rd;
+          asm("rcp.approx.f32 %0, %1;\n" : "=f"(rd) : "f"(d));  // MUFU.RCP, ≤ 1 ulp, no branch
+          const float lij = gr[j] * rd;  // L(i, j) for this lane i > j
+#pragma unroll
+          for (int q = (j + 1) / 4; q < C / 4; ++q) {
+            const float4 v = ld4(row + 4 * q);
+            if (4 * q + 0 > j) gr[4 * q + 0] = fmaf(-lij, v.x, gr[4 * q + 0]);
+            if (4 * q + 1 > j) gr[4 * q + 1] = fmaf(-lij, v.y, gr[4 * q + 1]);
+            if (4 * q + 2 > j) gr[4 * q + 2] = fmaf(-lij, v.z, gr[4 * q + 2]);
+            if (4 * q + 3 > j) gr[4 * q + 3] = fmaf(-lij, v.w, gr[4 * q + 3]);
           }
-          if (lane == 0)
-            o[((tok + row) * H + h) * DV + i] =
-                from_float<In>(rules::rescaled_output<float>(sqs, zq_scaled, m, p.denom_eps));
+          gr[j] = lane > j ? lij : gr[j];
+          myd = lane == j ? d : myd;
+        }
+        if (lane < C) {
+          Dp[lane] = myd;
+          float r;
+          asm("rcp.approx.f32 %0, %1;\n" : "=f"(r) : "f"(myd));  // the same bits as above
+          Di[lane] = r;
+        }
+        __syncwarp();  // every lane has read its row of Ĝ before any lane writes L over it
+        if (lane < C)
+#pragma unroll
+          for (int m = 0; m < C; ++m) Gt[lane * LC + m] = gr[m];  // L row-major now: row i, m < i
+      } else if (c + 1 < nchunks) {
+        prep(c + 1, b ^ 1, phase_next, Prep::u_rows);  // the next chunk's Û, beside the LDLᵀ
+      }
+#if VLA_CUDA_CHUNKED_PROFILE
+      if ((tid == 0 || tid == 32) && blockIdx.x == 0) prof_[tid == 0 ? 9 : 10] += clock64() - own0_;
+#endif
+      VLA_SYNC_A();
+      VLA_CHUNKED_PHASE(3);
+
+      // P4: Z = L⁻¹ W̃, one thread per column (row s of L read in 16-byte broadcasts), by warps 0–1;
+      // warps 2 .. NW − 1 meanwhile normalise the next chunk's K̂ rows.
+      if (warp >= 2 && c + 1 < nchunks) prep(c + 1, b ^ 1, phase_next, Prep::k_rows);
+      for (int col = rt; warp < 2 && col < DK; col += 64) {
+        float zc[C];
+#pragma unroll
+        for (int s = 0; s < C; ++s) {
+          float w = X[s * LK + col];
+#pragma unroll
+          for (int j4 = 0; j4 < s; j4 += 4) {
+            const float4 l = ld4(Gt + s * LC + j4);
+            w = fmaf(-l.x, zc[j4], w);
+            if (j4 + 1 < s) w = fmaf(-l.y, zc[j4 + 1], w);
+            if (j4 + 2 < s) w = fmaf(-l.z, zc[j4 + 2], w);
+            if (j4 + 3 < s) w = fmaf(-l.w, zc[j4 + 3], w);
+          }
+          zc[s] = w;
+          Zm[s * LK + col] = w;
         }
       }
-      __syncthreads();
+      VLA_SYNC_A();
+      if (c + 2 < nchunks) stage(c + 2);  // the stage has been read
+      cp_async_commit();
+      VLA_CHUNKED_PHASE(4);
+
+      // P5: P = tril(K̂ Zᵀ) D⁻¹; A ← A − Zᵀ D⁻¹ Z + ε r′ I on the lower tiles, mirrored.
+      product<kSplitA, DK>(Operand{Kh, LK, 1}, Operand{Zm, 1, LK}, C, C, warp, NW, lane,
+                           [&](int r, int col, float v) { Pm[r * LC + col] = col <= r ? v * Di[col] : 0.f; });
+      {
+        const float refresh = n > 0 ? p.refresh_eps * Ra[n - 1] : 0.f;
+        // Zᵀ D⁻¹ Z as (D^{-1/2} Z)ᵀ (D^{-1/2} Z), lower tiles only; each element is written once
+        // and mirrored, so A stays exactly symmetric.
+        for (int tile = warp; tile < (DK / 16) * (DK / 16); tile += NW) {
+          const int m0 = (tile / (DK / 16)) * 16, n0 = (tile % (DK / 16)) * 16;
+          if (n0 > m0) continue;
+          float acc[2][4] = {};
+          const int g = lane >> 2, t = lane & 3;
+          for (int k0 = 0; k0 < C; k0 += 8) {
+            // A(m, k) = Z[k][m]·s_k, B(k, n) = Z[k][n]·s_k with s_k = D_k^{-1/2}
+            const float s0 = rsqrtf(Dp[k0 + t]), s1 = rsqrtf(Dp[k0 + t + 4]);
+            const float af[4] = {Zm[(k0 + t) * LK + m0 + g] * s0, Zm[(k0 + t) * LK + m0 + g + 8] * s0,
+                                 Zm[(k0 + t + 4) * LK + m0 + g] * s1, Zm[(k0 + t + 4) * LK + m0 + g + 8] * s1};
+            std::uint32_t ah[4], al[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              ah[i] = to_tf32(af[i]);
+              al[i] = kSplitA ? to_tf32(af[i] - __uint_as_float(ah[i])) : 0u;
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int nn = n0 + 8 * j + g;
+              const float bf[2] = {Zm[(k0 + t) * LK + nn] * s0, Zm[(k0 + t + 4) * LK + nn] * s1};
+              std::uint32_t bh[2], bl[2];
+#pragma unroll
+              for (int i = 0; i < 2; ++i) {
+                bh[i] = to_tf32(bf[i]);
+                bl[i] = kSplitA ? to_tf32(bf[i] - __uint_as_float(bh[i])) : 0u;
+              }
+              if (kSplitA) {
+                mma_tf32(acc[j], al, bh);
+                mma_tf32(acc[j], ah, bl);
+              }
+              mma_tf32(acc[j], ah, bh);
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int r = m0 + g + (i >= 2 ? 8 : 0), col = n0 + 8 * j + 2 * t + (i & 1);
+              if (col > r) continue;
+              const float v = As[r * LK + col] - acc[j][i] + (r == col ? refresh : 0.f);
+              As[r * LK + col] = v;
+              if (col != r) As[col * LK + r] = v;
+            }
+        }
+      }
+      VLA_SYNC_A();
+      VLA_CHUNKED_PHASE(5);
+
+      // P6: Alpha = X_K − P Z, into the ring.
+      product<kSplitA, C>(Operand{Pm, LC, 1}, Operand{Zm, LK, 1}, C, DK, warp, NW, lane,
+                          [&](int r, int col, float v) { Ah[r * LK + col] = X[(C + r) * LK + col] - v; });
+      VLA_SYNC_A();
+      VLA_CHUNKED_PHASE(6);
+
+      // P7: α̂ = α/‖α‖; a zero k̂ or a zero α writes nothing (a zero row). Then the slot is full.
+      {
+        constexpr int J = C / NW;
+        float x[J][DK / 32], one[J], fct[J];
+#pragma unroll
+        for (int r = 0; r < J; ++r) {
+          one[r] = 1.f;
+#pragma unroll
+          for (int i = 0; i < DK / 32; ++i) x[r][i] = Ah[(warp * J + r) * LK + lane + 32 * i];
+        }
+        warp_unit_factors(x, one, fct);
+#pragma unroll
+        for (int r = 0; r < J; ++r) {
+          const float g = KZ[warp * J + r] != 0.f ? 0.f : fct[r];
+#pragma unroll
+          for (int i = 0; i < DK / 32; ++i) Ah[(warp * J + r) * LK + lane + 32 * i] = x[r][i] * g;
+        }
+      }
+      // The hand-over (chunk_handover: barrier 0 of the whole CTA, both roles). The S warps
+      // reach it once they are done with chunk c − 1, so the slot the A warps fill next (chunk
+      // c + 1's) was last read two hand-overs ago: two slots need no "empty" barrier.
+      chunk_handover<>();
+      VLA_CHUNKED_PHASE(7);
+      steps += n;
+      phase = phase_next;
     }
-    steps += n;
+    cp_async_wait_all();
+    VLA_SYNC_A();
+#undef VLA_SYNC_A
+    if (p.A1)
+      for (int i = rt; i < DK * DK; i += NTR) p.A1[pair * DK * DK + i] = As[(i / DK) * LK + i % DK];
+  } else {
+    // =============================== the S warps ===============================
+    float *const Ss = f + L::oS, *const zs = f + L::oz, *const Kh = f + L::oKQ, *const Qs = Kh + C * LK;
+    float *const Vs = f + L::oV, *const KSQ = f + L::oKSQ, *const E = f + L::oE, *const Zp = f + L::oZp;
+    float *const Lk = f + L::oLk, *const QA = f + L::oQA, *const ZQ = f + L::oZQ, *const Flag = f + L::oFlag;
+    In* const st = reinterpret_cast<In*>(smem + L::stageS_offset);
+    auto stage = [&](std::int64_t c) {
+      stage_rows<In, C, NTR>(st, H, h, span.first + c * C, ntok(c), rt, p.k, DK, p.q, DK, p.v, DV);
+    };
+    if (len > 0) stage(0);
+    cp_async_commit();
+    for (int i = rt; i < DV * DK; i += NTR) Ss[(i / DK) * LK + i % DK] = has_init ? p.S0[pair * DV * DK + i] : 0.f;
+    for (int i = rt; i < DK; i += NTR) zs[i] = has_init ? p.z0[pair * DK + i] : 0.f;
+#define VLA_SYNC_S() named_sync(L::kBarS, NTR)
+    for (std::int64_t c = 0; c < nchunks; ++c) {
+      const int n = ntok(c), slot = static_cast<int>(c % L::kRing);
+      const std::int64_t tok = span.first + c * C;
+      const float* const Ah = ring + slot * C * LK;
+      cp_async_wait_all();
+      VLA_SYNC_S();
+
+      // P1s: K̂ (as the A warps form it), Q, V; z prefix sums.
+      const In* const sk = st;
+      const In* const sq = st + C * DK;
+      const In* const sv = st + 2 * C * DK;
+      unit_rows<In, C / NW, DK, LK>(sk, Kh, warp * (C / NW), n, 1.f, nullptr, lane);
+      for (int i = rt; i < C * DK; i += NTR) {
+        const int row = i / DK, col = i % DK;
+        Qs[row * LK + col] = row < n ? to_float(sq[i]) : 0.f;
+      }
+      for (int i = rt; i < C * DV; i += NTR) {
+        const int row = i / DV, col = i % DV;
+        Vs[row * LV + col] = row < n ? to_float(sv[i]) : 0.f;
+      }
+      if (rt <= C) Flag[rt] = 0.f;
+      for (int col = rt; col < DK; col += NTR) {  // z_t = z_c + Σ_{s≤t} k_s, sequential like the reference
+        float run = zs[col];
+#pragma unroll
+        for (int row = 0; row < C; ++row) {
+          if (row < n) run += to_float(sk[row * DK + col]);
+          Zp[row * LK + col] = run;
+        }
+        zs[col] = run;
+      }
+      VLA_SYNC_S();
+      if (c + 1 < nchunks) stage(c + 1);
+      cp_async_commit();
+
+      // P2s: KSQ = [K̂; Q] Sᵀ; zᵀq per row.
+      product<kSplitS, DK>(Operand{Kh, LK, 1}, Operand{Ss, 1, LK}, 2 * C, DV, warp, NW, lane,
+                           [&](int r, int col, float v) { KSQ[r * LV + col] = v; });
+      for (int row = warp; row < C; row += NW) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < DK / 32; ++i) s += Qs[row * LK + lane + 32 * i] * Zp[row * LK + lane + 32 * i];
+        s = group_sum<32>(s);
+        if (lane == 0) ZQ[row] = s;
+      }
+      chunk_handover<>();  // α̂ of chunk c is in the ring (and every S warp is past P2s)
+
+      // P8: L_k = tril₋(K̂ Α̂ᵀ), QA = tril(Q Α̂ᵀ), in one product (K̂ and Q are consecutive rows).
+      product<kSplitS, DK>(Operand{Kh, LK, 1}, Operand{Ah, 1, LK}, 2 * C, C, warp, NW, lane, [&](int r, int col, float v) {
+        if (r < C)
+          Lk[r * LC + col] = col < r ? v : 0.f;
+        else
+          QA[(r - C) * LC + col] = col <= r - C ? v : 0.f;
+      });
+      VLA_SYNC_S();
+
+      // P9: (I + L_k) E = V − K̂ Sᵀ, one thread per column.
+      for (int col = rt; col < DV; col += NTR) {
+        float ec[C];
+#pragma unroll
+        for (int s = 0; s < C; ++s) {
+          float w = Vs[s * LV + col] - KSQ[s * LV + col];
+#pragma unroll
+          for (int j4 = 0; j4 < s; j4 += 4) {  // row s of L_k in 16-byte broadcasts
+            const float4 l = ld4(Lk + s * LC + j4);
+            w = fmaf(-l.x, ec[j4], w);
+            if (j4 + 1 < s) w = fmaf(-l.y, ec[j4 + 1], w);
+            if (j4 + 2 < s) w = fmaf(-l.z, ec[j4 + 2], w);
+            if (j4 + 3 < s) w = fmaf(-l.w, ec[j4 + 3], w);
+          }
+          ec[s] = w;
+        }
+#pragma unroll
+        for (int s = 0; s < C; ++s) E[s * LV + col] = ec[s];
+      }
+      VLA_SYNC_S();
+
+      // P10: O = QSᵀ + QA E → o; S ← S + Eᵀ Α̂.
+      In* const o = p.o;
+      product<kSplitS, C>(Operand{QA, LC, 1}, Operand{E, LV, 1}, C, DV, warp, NW, lane, [&](int r, int col, float v) {
+        if (r >= n) return;
+        const float num = KSQ[(C + r) * LV + col] + v;
+        float out = num;
+        if (p.normalize) {
+          const float zq = ZQ[r];
+          if (!(rules::is_finite(num) && rules::is_finite(zq))) {
+            Flag[r] = 1.f;
+            Flag[C] = 1.f;
+            return;
+          }
+          out = num / rules::output_denominator<float>(zq, p.denom_eps);
+        }
+        o[((tok + r) * H + h) * DV + col] = from_float<In>(out);
+      });
+      product<kSplitS, C>(Operand{E, 1, LV}, Operand{Ah, LK, 1}, DV, DK, warp, NW, lane,
+                          [&](int r, int col, float v) { Ss[r * LK + col] += v; });
+      VLA_SYNC_S();
+
+      // P11 (rare): rows whose S q or zᵀq overflowed (huge finite q), by rules::rescaled_output from
+      // q̃ = q/max|q|: S_t q̃ = S_end q̃ − Σ_{s>t} e_s (α̂_sᵀ q̃), z_tᵀ q̃ from the prefix sums.
+      if (Flag[C] != 0.f) {
+        for (int row = warp; row < n; row += NW) {
+          if (Flag[row] == 0.f) continue;
+          float m = 0.f;
+          for (int i = lane; i < DK; i += 32) m = fmaxf(m, fabsf(Qs[row * LK + i]));
+          m = group_max<32>(m);
+          float acc = 0.f;
+          for (int i = lane; i < DK; i += 32) acc += Zp[row * LK + i] * (Qs[row * LK + i] / m);
+          const float zq_scaled = group_sum<32>(acc);
+          for (int i = 0; i < DV; ++i) {
+            float part = 0.f;
+            for (int j = lane; j < DK; j += 32) part += Ss[i * LK + j] * (Qs[row * LK + j] / m);
+            float sqs = group_sum<32>(part);
+            for (int s = row + 1; s < n; ++s) {
+              float a = 0.f;
+              for (int j = lane; j < DK; j += 32) a += Ah[s * LK + j] * (Qs[row * LK + j] / m);
+              sqs -= E[s * LV + i] * group_sum<32>(a);
+            }
+            if (lane == 0)
+              o[((tok + row) * H + h) * DV + i] =
+                  from_float<In>(rules::rescaled_output<float>(sqs, zq_scaled, m, p.denom_eps));
+          }
+        }
+        VLA_SYNC_S();
+      }
+      steps += n;
+    }
+    cp_async_wait_all();
+    VLA_SYNC_S();
+#undef VLA_SYNC_S
+    if (p.S1) {
+      for (int i = rt; i < DV * DK; i += NTR) p.S1[pair * DV * DK + i] = Ss[(i / DK) * LK + i % DK];
+      for (int i = rt; i < DK; i += NTR) p.z1[pair * DK + i] = zs[i];
+      if (rt == 0) p.steps1[pair] = steps;
+    }
   }
-  cp_async_wait_all();
 #if VLA_CUDA_CHUNKED_PROFILE
   if (tid == 0 && blockIdx.x == 0 && nchunks > 0) {
     long long tot = 0;
-    for (int i = 0; i < 11; ++i) tot += prof_[i];
-    printf("chunked profile (CTA 0, %lld chunks), cycles per chunk:", (long long)nchunks);
-    for (int i = 0; i < 11; ++i) printf(" P%d %lld", i, prof_[i] / nchunks);
-    printf(" | total %lld\n", tot / nchunks);
+    for (int i = 0; i < 8; ++i) tot += prof_[i];
+    for (int i = 8; i < 9; ++i) tot += prof_[i];
+    printf("chunked profile (CTA 0, A warps, %lld chunks), cycles per chunk:", (long long)nchunks);
+    for (int i = 0; i < 9; ++i) printf(" P%d %lld", i, prof_[i] / nchunks);
+    printf(" | total %lld | warp 0's own LDLt %lld\n", tot / nchunks, prof_[9] / nchunks);
   }
+  if (tid == 32 && blockIdx.x == 0 && nchunks > 0)
+    printf("chunked profile: warp 1's own P1a of the next chunk %lld cycles per chunk\n", prof_[10] / nchunks);
 #endif
-
-  if (p.S1) {
-    __syncthreads();
-    for (int i = tid; i < DK * DK; i += L::NT) p.A1[pair * DK * DK + i] = As[(i / DK) * LK + i % DK];
-    for (int i = tid; i < DV * DK; i += L::NT) p.S1[pair * DV * DK + i] = Ss[(i / DK) * LK + i % DK];
-    for (int i = tid; i < DK; i += L::NT) p.z1[pair * DK + i] = zs[i];
-    if (tid == 0) p.steps1[pair] = steps;
-  }
 }
 
 }  // namespace detail
