@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <vla/backward.hpp>
 #include <vla/vla.hpp>
 
 #include "shapes.hpp"
@@ -165,8 +166,45 @@ void crossover(benchmark::internal::Benchmark* b) {
   b->ArgNames({"dk", "BH", "T", "threads", "path"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+// One head, float: the forward (VlaState::step, T steps) beside the backward (vla_backward, which
+// runs the forward twice — a checkpoint pass and a recompute pass — and the adjoint), same inputs.
+// Arguments: dk (= dv), T, mode (0 = forward, 1 = backward with checkpoints every 64 steps).
+void BM_SingleHeadVla(benchmark::State& state) {
+  const int dk = static_cast<int>(state.range(0)), T = static_cast<int>(state.range(1));
+  const bool backward = state.range(2) != 0;
+  std::mt19937 rng(7u);
+  std::normal_distribution<float> n01;
+  Eigen::MatrixXf Q(T, dk), K(T, dk), V(T, dk), U(T, dk), dO(T, dk);
+  for (Eigen::MatrixXf* m : {&Q, &K, &V, &U, &dO})
+    for (Eigen::Index i = 0; i < m->size(); ++i) m->data()[i] = n01(rng);
+  Q = Q.array().exp();  // positive features, as after ELU + 1
+  K = K.array().exp();
+  const vla::Config cfg;
+  const vla::VlaState<float> fresh(dk, dk, cfg);
+  const vla::VlaSnapshot<float> init = fresh.save();
+  Eigen::VectorXf o(dk);
+  for (auto _ : state) {
+    if (backward) {
+      auto g = vla::vla_backward<float>(init, cfg, Q, K, V, U, dO, nullptr, 64);
+      benchmark::DoNotOptimize(g.dq.data());
+    } else {
+      vla::VlaState<float> st = fresh;
+      for (int t = 0; t < T; ++t) {
+        st.step_unchecked(Q.row(t).transpose(), K.row(t).transpose(), V.row(t).transpose(), U.row(t).transpose(), o);
+      }
+      benchmark::DoNotOptimize(o.data());
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * T);
+}
+
 }  // namespace
 
+BENCHMARK(BM_SingleHeadVla)
+    ->ArgsProduct({{32, 64}, {2048}, {0, 1}})
+    ->ArgNames({"dk", "T", "backward"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_EigenGemm)->Arg(256)->Arg(512)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BM_Forward, vla::op::Vla)->Apply(grid);
 BENCHMARK_TEMPLATE(BM_Forward, vla::op::DeltaNet)->Apply(grid);

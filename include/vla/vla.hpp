@@ -3,6 +3,7 @@
 
 #include "vla/backend/backend.hpp"
 #include "vla/backend/cpu.hpp"
+#include "vla/backward.hpp"
 #include "vla/baselines.hpp"
 #include "vla/chunked.hpp"
 #include "vla/config.hpp"
