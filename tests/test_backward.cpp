@@ -247,3 +247,171 @@ TEST_CASE("backward: bad input is refused before any work", "[backward]") {
   CHECK_THROWS_WITH(vla::vla_backward<double>(p.init, p.cfg, p.Q, p.K, p.V, p.U, p.dO, nullptr, 0),
                     Catch::Contains("checkpoint"));
 }
+
+namespace {
+
+// A batch in the forward's layout, [tokens, H, d], with warm initial states and final-state weights.
+struct Batch {
+  int N = 0, H = 0, dk = 0, dv = 0;
+  std::vector<std::int64_t> cu;  // empty: fixed length T
+  std::int64_t T = 0, tokens = 0;
+  std::vector<double> q, k, v, u, o, dO, A0, S0, z0, dA, dS, dz;
+  std::vector<std::int64_t> steps0;
+  vla::Config cfg;
+};
+
+Batch make_batch(int N, int H, int dk, int dv, std::vector<std::int64_t> cu, std::int64_t T, unsigned seed) {
+  Batch b;
+  b.N = N;
+  b.H = H;
+  b.dk = dk;
+  b.dv = dv;
+  b.cu = std::move(cu);
+  b.T = T;
+  b.tokens = b.cu.empty() ? N * T : b.cu.back();
+  b.cfg.refresh_period = 5;
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> n01;
+  auto fill = [&](std::vector<double>& x, std::size_t n, bool feature) {
+    x.resize(n);
+    for (auto& e : x) e = feature ? elu1(n01(rng)) : n01(rng);
+  };
+  const std::size_t tk = std::size_t(b.tokens) * H * dk, tv = std::size_t(b.tokens) * H * dv, P = std::size_t(N) * H;
+  fill(b.q, tk, true);
+  fill(b.k, tk, true);
+  fill(b.u, tk, false);
+  fill(b.v, tv, false);
+  fill(b.dO, tv, false);
+  b.o.assign(tv, 0.0);
+  fill(b.S0, P * dv * dk, false);
+  fill(b.z0, P * dk, true);
+  fill(b.dA, P * dk * dk, false);
+  fill(b.dS, P * dv * dk, false);
+  fill(b.dz, P * dk, false);
+  b.A0.assign(P * dk * dk, 0.0);
+  for (std::size_t p = 0; p < P; ++p) {
+    MatD g(dk, dk);
+    for (int i = 0; i < dk; ++i)
+      for (int j = 0; j < dk; ++j) g(i, j) = n01(rng);
+    const MatD a = g * g.transpose() / dk + MatD::Identity(dk, dk);
+    for (int i = 0; i < dk; ++i)
+      for (int j = 0; j < dk; ++j) b.A0[p * dk * dk + i * dk + j] = a(i, j);
+  }
+  b.steps0.resize(P);
+  for (std::size_t p = 0; p < P; ++p) b.steps0[p] = std::int64_t(p % 7);
+  return b;
+}
+
+vla::ForwardArgs<double> fwd_args(Batch& b, bool with_init) {
+  vla::ForwardArgs<double> a;
+  a.batch = b.N;
+  a.seq_len = b.T;
+  a.heads = b.H;
+  a.dk = b.dk;
+  a.dv = b.dv;
+  a.cu_seqlens = b.cu.empty() ? nullptr : b.cu.data();
+  a.q = b.q.data();
+  a.k = b.k.data();
+  a.v = b.v.data();
+  a.u = b.u.data();
+  a.o = b.o.data();
+  if (with_init) a.initial_state = {b.A0.data(), b.S0.data(), b.z0.data(), b.steps0.data()};
+  return a;
+}
+
+struct GradBuffers {
+  std::vector<double> dq, dk, dv, du, dA0, dS0, dz0;
+  vla::GradArgs<double> args(const Batch& b, bool with_final) {
+    const double poison = 12345.0;
+    dq.assign(b.q.size(), poison);
+    dk.assign(b.k.size(), poison);
+    dv.assign(b.v.size(), poison);
+    du.assign(b.u.size(), poison);
+    dA0.assign(b.A0.size(), poison);
+    dS0.assign(b.S0.size(), poison);
+    dz0.assign(b.z0.size(), poison);
+    vla::GradArgs<double> g;
+    g.d_o = b.dO.data();
+    if (with_final) g.d_final_state = {b.dA.data(), b.dS.data(), b.dz.data(), nullptr};
+    g.d_q = dq.data();
+    g.d_k = dk.data();
+    g.d_v = dv.data();
+    g.d_u = du.data();
+    g.d_initial_state = {dA0.data(), dS0.data(), dz0.data(), nullptr};
+    return g;
+  }
+};
+
+// One (sequence, head) through vla_backward on gathered rows, compared bit for bit with the batch.
+void check_pair_equal(const Batch& b, const GradBuffers& gb, int n, int h, bool with_init, bool with_final) {
+  const std::int64_t first = b.cu.empty() ? n * b.T : b.cu[n], len = b.cu.empty() ? b.T : b.cu[n + 1] - b.cu[n];
+  auto rows = [&](const std::vector<double>& x, int d) {
+    MatD m(len, d);
+    for (std::int64_t t = 0; t < len; ++t)
+      for (int i = 0; i < d; ++i) m(t, i) = x[std::size_t(((first + t) * b.H + h) * d + i)];
+    return m;
+  };
+  const std::size_t p = std::size_t(n) * b.H + h;
+  vla::VlaSnapshot<double> init;
+  if (with_init) {
+    init.A = Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>>(b.A0.data() + p * b.dk * b.dk, b.dk, b.dk);
+    init.S = Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>>(b.S0.data() + p * b.dv * b.dk, b.dv, b.dk);
+    init.z = Eigen::Map<const VecD>(b.z0.data() + p * b.dk, b.dk);
+    init.steps = b.steps0[p];
+  } else {
+    init = vla::VlaState<double>(b.dk, b.dv, b.cfg).save();
+  }
+  vla::VlaSnapshot<double> dfin;
+  if (with_final) {
+    dfin.A = Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>>(b.dA.data() + p * b.dk * b.dk, b.dk, b.dk);
+    dfin.S = Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>>(b.dS.data() + p * b.dv * b.dk, b.dv, b.dk);
+    dfin.z = Eigen::Map<const VecD>(b.dz.data() + p * b.dk, b.dk);
+  }
+  const auto r = vla::vla_backward<double>(init, b.cfg, rows(b.q, b.dk), rows(b.k, b.dk), rows(b.v, b.dv),
+                                           rows(b.u, b.dk), rows(b.dO, b.dv), with_final ? &dfin : nullptr, 4);
+  CHECK(rows(gb.dq, b.dk) == r.dq);
+  CHECK(rows(gb.dk, b.dk) == r.dk);
+  CHECK(rows(gb.dv, b.dv) == r.dv);
+  CHECK(rows(gb.du, b.dk) == r.du);
+  const MatD dA0 = Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>>(gb.dA0.data() + p * b.dk * b.dk, b.dk, b.dk);
+  CHECK(dA0 == r.d_initial.A);
+  CHECK(Eigen::Map<const VecD>(gb.dz0.data() + p * b.dk, b.dk) == r.d_initial.z);
+}
+
+}  // namespace
+
+TEST_CASE("backward: the batched vla::backward is the single-head one for every (sequence, head)", "[backward]") {
+  for (int threads : {1, 2}) {
+    for (bool varlen : {false, true}) {
+      Batch b = varlen ? make_batch(3, 2, 4, 3, {0, 9, 9, 20}, 0, 61u) : make_batch(2, 3, 4, 3, {}, 11, 62u);
+      const bool with_init = varlen, with_final = !varlen;
+      GradBuffers gb;
+      const auto g = gb.args(b, with_final);
+      vla::CpuOptions opt;
+      opt.threads = threads;
+      opt.chunk = 4;  // the checkpoint interval
+      vla::backward<vla::backend::Cpu>(fwd_args(b, with_init), g, b.cfg, opt);
+      for (int n = 0; n < b.N; ++n)
+        for (int h = 0; h < b.H; ++h) check_pair_equal(b, gb, n, h, with_init, with_final);
+    }
+  }
+}
+
+TEST_CASE("backward: the batched backward refuses bad input before writing anything", "[backward]") {
+  Batch b = make_batch(2, 2, 4, 3, {}, 6, 71u);
+  GradBuffers gb;
+  auto g = gb.args(b, true);
+  const std::vector<double> dq_before = gb.dq;
+  b.dO[7] = std::nan("");
+  CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg), Catch::Contains("d_o has a non-finite"));
+  b.dO[7] = 0.5;
+  b.dS[3] = INFINITY;
+  CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg), Catch::Contains("d_final_state.S"));
+  b.dS[3] = 0.5;
+  b.A0[1] = -b.A0[1] + 3.0;  // no longer symmetric
+  CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg),
+                    Catch::Contains("initial_state of sequence 0, head 0"));
+  g.d_o = nullptr;
+  CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg), Catch::Contains("d_o is required"));
+  CHECK(gb.dq == dq_before);  // untouched by every refused call
+}

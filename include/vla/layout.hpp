@@ -60,6 +60,22 @@ struct ForwardArgs {
   bool varlen() const { return cu_seqlens != nullptr; }
 };
 
+/// A batched backward's gradients (docs/maths.md §9), in the forward's layouts: d_o is shaped like o
+/// (required), the other token gradients like their inputs; a null output means "not needed".
+/// d_final_state (optional): the loss's gradient with respect to the final state (A, S, z; steps
+/// unused), null = zero. d_initial_state (optional output): the gradient with respect to the initial
+/// state, A's symmetric gradient, S, z (steps not written).
+template <class In, class St = In>
+struct GradArgs {
+  const In* d_o = nullptr;
+  StateBuffers<const St> d_final_state;
+  In* d_q = nullptr;
+  In* d_k = nullptr;
+  In* d_v = nullptr;
+  In* d_u = nullptr;
+  StateBuffers<St> d_initial_state;
+};
+
 /// Where sequence n's tokens are on the token axis: [first, first + length). The one place that
 /// reads the two layouts, shared by the CPU backend and the CUDA kernels.
 struct TokenSpan {

@@ -92,6 +92,17 @@ decltype(auto) forward(const ForwardArgs<In, St>& args, const Config& cfg, Conte
   return BackendTraits<Backend>::template forward<Op>(args, cfg, static_cast<Context&&>(ctx)...);
 }
 
+/// The batched backward of op `Op` on backend `Backend` (docs/maths.md §9): given the forward's
+/// arguments (the same buffers; o is not read) and the gradient of the loss with respect to its
+/// outputs (and, optionally, its final state), writes the gradients with respect to its inputs and
+/// initial state. Built for backend::Cpu and op::Vla (vla/backward.hpp); the trailing arguments are
+/// the backend's context (Cpu: an optional CpuOptions, whose `chunk` is the checkpoint interval).
+template <class Backend, class Op = op::Vla, class In, class St, class... Context>
+decltype(auto) backward(const ForwardArgs<In, St>& args, const GradArgs<In, St>& grads, const Config& cfg,
+                        Context&&... ctx) {
+  return BackendTraits<Backend>::template backward<Op>(args, grads, cfg, static_cast<Context&&>(ctx)...);
+}
+
 /// Linear attention over the same buffers (docs/maths.md §7).
 template <class Backend, class In, class St, class... Context>
 decltype(auto) linear_attention_forward(const ForwardArgs<In, St>& args, const Config& cfg, Context&&... ctx) {

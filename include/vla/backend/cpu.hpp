@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "vla/backend/backend.hpp"
+#include "vla/backward.hpp"
 #include "vla/baselines.hpp"
 #include "vla/chunked.hpp"
 #include "vla/state.hpp"
@@ -307,6 +308,92 @@ struct BackendTraits<backend::Cpu> {
         }
       if (a.final_state.S)
         for (std::int64_t p = begin; p < end; ++p) Ops::store(states[static_cast<std::size_t>(p)], a, p);
+    });
+  }
+
+  /// The batched backward (docs/maths.md §9; vla::backward): vla_backward for every (sequence, head),
+  /// threads over the pairs (results do not depend on the thread count), checkpoints every
+  /// opt.chunk steps (0 = 64). Validates everything the forward does, plus d_o and d_final_state,
+  /// before writing anything; on a throw the gradient buffers are untouched.
+  template <class Op, class Scalar>
+  static void backward(const ForwardArgs<Scalar, Scalar>& a, const GradArgs<Scalar, Scalar>& g, const Config& cfg,
+                       CpuOptions opt = {}) {
+    static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
+                  "vla: the CPU backend computes in float or double");
+    static_assert(std::is_same<Op, op::Vla>::value,
+                  "vla::backward: built for op::Vla (the baselines' gradients are not built yet)");
+    cfg.validate_for<Scalar>();
+    detail::check_args<Op>(a);
+    if (opt.threads < 0) detail::bad_arg("CpuOptions::threads must be >= 0");
+    if (opt.chunk < 0) detail::bad_arg("CpuOptions::chunk (the checkpoint interval) must be >= 0");
+    if (!g.d_o) detail::bad_arg("GradArgs::d_o is required", Op::name);
+    auto whole = [&](const auto& st, const char* which) {
+      const int given = (st.A != nullptr) + (st.S != nullptr) + (st.z != nullptr);
+      if (given != 0 && given != 3) detail::bad_arg(std::string(which) + " must give all of A, S, z or none", Op::name);
+      return given == 3;
+    };
+    const bool has_dfinal = whole(g.d_final_state, "GradArgs::d_final_state");
+    const bool want_dinit = whole(g.d_initial_state, "GradArgs::d_initial_state");
+    const std::int64_t tokens = a.varlen() ? detail::check_cu_seqlens(a.cu_seqlens, a.batch) : a.batch * a.seq_len;
+    detail::require_finite_buffer(a.q, tokens * a.heads * a.dk, a.heads, a.dk, "q");
+    detail::require_finite_buffer(a.k, tokens * a.heads * a.dk, a.heads, a.dk, "k");
+    detail::require_finite_buffer(a.v, tokens * a.heads * a.dv, a.heads, a.dv, "v");
+    detail::require_finite_buffer(a.u, tokens * a.heads * a.dk, a.heads, a.dk, "u");
+    detail::require_finite_buffer(g.d_o, tokens * a.heads * a.dv, a.heads, a.dv, "d_o");
+    const std::int64_t pairs = a.batch * a.heads;
+    if (has_dfinal) {
+      auto finite = [&](const Scalar* x, std::int64_t per, const char* what) {
+        for (std::int64_t i = 0; i < pairs * per; ++i)
+          if (!std::isfinite(x[i]))
+            detail::bad_arg(std::string("GradArgs::d_final_state.") + what + " has a non-finite entry (state index " +
+                            std::to_string(i / per) + ", element " + std::to_string(i % per) + ")");
+      };
+      finite(g.d_final_state.A, a.dk * a.dk, "A");
+      finite(g.d_final_state.S, a.dv * a.dk, "S");
+      finite(g.d_final_state.z, a.dk, "z");
+    }
+    // Every initial state, validated before any gradient is written.
+    std::vector<VlaSnapshot<Scalar>> init;
+    init.reserve(static_cast<std::size_t>(pairs));
+    for (std::int64_t p = 0; p < pairs; ++p) {
+      try {
+        init.push_back(detail::CpuOp<Op, Scalar>::make(a, cfg, opt, p).save());
+      } catch (const std::invalid_argument& e) {
+        detail::bad_arg("initial_state of sequence " + std::to_string(p / a.heads) + ", head " +
+                        std::to_string(p % a.heads) + " (state index " + std::to_string(p) + "): " + e.what());
+      }
+    }
+    const Eigen::Index checkpoint = opt.chunk > 0 ? opt.chunk : 64;
+    using RowsC = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
+                             Eigen::OuterStride<>>;
+    using Rows = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    detail::parallel_ranges(pairs, opt.threads, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t p = begin; p < end; ++p) {
+        const std::int64_t h = p % a.heads;
+        const auto [first, len] = token_span(a.cu_seqlens, a.seq_len, p / a.heads);
+        const std::int64_t xk = (first * a.heads + h) * a.dk, xv = (first * a.heads + h) * a.dv;
+        const Eigen::OuterStride<> sk(a.heads * a.dk), sv(a.heads * a.dv);
+        // One head's rows, strided in [tokens, H, d], gathered into the single-head routine's matrices.
+        const Matrix<Scalar> Q = RowsC(a.q + xk, len, a.dk, sk), K = RowsC(a.k + xk, len, a.dk, sk),
+                             V = RowsC(a.v + xv, len, a.dv, sv), U = RowsC(a.u + xk, len, a.dk, sk),
+                             dO = RowsC(g.d_o + xv, len, a.dv, sv);
+        VlaSnapshot<Scalar> dfin;
+        if (has_dfinal)
+          dfin = {detail::CRowMat<Scalar>(g.d_final_state.A + p * a.dk * a.dk, a.dk, a.dk),
+                  detail::CRowMat<Scalar>(g.d_final_state.S + p * a.dv * a.dk, a.dv, a.dk),
+                  detail::CMap<Scalar>(g.d_final_state.z + p * a.dk, a.dk), 0};
+        const VlaGradients<Scalar> r = vla_backward<Scalar>(init[static_cast<std::size_t>(p)], cfg, Q, K, V, U, dO,
+                                                            has_dfinal ? &dfin : nullptr, checkpoint);
+        if (g.d_q) Rows(g.d_q + xk, len, a.dk, sk) = r.dq;
+        if (g.d_k) Rows(g.d_k + xk, len, a.dk, sk) = r.dk;
+        if (g.d_v) Rows(g.d_v + xv, len, a.dv, sv) = r.dv;
+        if (g.d_u) Rows(g.d_u + xk, len, a.dk, sk) = r.du;
+        if (want_dinit) {
+          detail::RowMat<Scalar>(g.d_initial_state.A + p * a.dk * a.dk, a.dk, a.dk) = r.d_initial.A;
+          detail::RowMat<Scalar>(g.d_initial_state.S + p * a.dv * a.dk, a.dv, a.dk) = r.d_initial.S;
+          detail::MMap<Scalar>(g.d_initial_state.z + p * a.dk, a.dk) = r.d_initial.z;
+        }
+      }
     });
   }
 
