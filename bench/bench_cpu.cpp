@@ -183,6 +183,8 @@ void BM_SingleHeadVla(benchmark::State& state) {
   const vla::VlaState<float> fresh(dk, dk, cfg);
   const vla::VlaSnapshot<float> init = fresh.save();
   Eigen::VectorXf o(dk);
+  // The forward reads each token's vectors contiguously (tokens as columns), as the backward does.
+  const Eigen::MatrixXf Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), Uc = U.transpose();
   for (auto _ : state) {
     if (backward) {
       auto g = vla::vla_backward<float>(init, cfg, Q, K, V, U, dO, nullptr, 64);
@@ -190,7 +192,7 @@ void BM_SingleHeadVla(benchmark::State& state) {
     } else {
       vla::VlaState<float> st = fresh;
       for (int t = 0; t < T; ++t) {
-        st.step_unchecked(Q.row(t).transpose(), K.row(t).transpose(), V.row(t).transpose(), U.row(t).transpose(), o);
+        st.step_unchecked(Qc.col(t), Kc.col(t), Vc.col(t), Uc.col(t), o);
       }
       benchmark::DoNotOptimize(o.data());
     }

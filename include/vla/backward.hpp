@@ -183,7 +183,8 @@ void vla_step_adjoint(const VlaState<Scalar>& pre, const Vector<Scalar>& q, cons
 ///
 /// Memory: the first pass keeps a state every `checkpoint` steps (T/checkpoint states of
 /// dk² + dv·dk + dk numbers), and the reverse pass keeps one block's `checkpoint` pre-step states
-/// at a time; total O(T·d + (T/C + C)·d²). Time: about two forwards plus the adjoint (≈ 3 forwards).
+/// at a time; total O(T·d + (T/C + C)·d²). Time: two forwards plus the adjoint (measured: 9.5× the
+/// forward at dk = 64, bench/RESULTS.md).
 /// Inputs are validated like the forward's (sizes, finite values), before any work.
 template <class Scalar>
 VlaGradients<Scalar> vla_backward(const VlaSnapshot<Scalar>& initial, const Config& cfg, const Matrix<Scalar>& Q,
@@ -212,11 +213,15 @@ VlaGradients<Scalar> vla_backward(const VlaSnapshot<Scalar>& initial, const Conf
   std::vector<VlaState<Scalar>> ckpt;
   VlaState<Scalar> st = start;
   Vector<Scalar> o(m), q(n), k(n), v(m), u(n);
+  // Tokens as columns (one transpose each): every pass reads a token's vectors contiguously, where a
+  // row of a column-major T×d matrix is d loads T apart.
+  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), Uc = U.transpose(),
+                       dOc = dO.transpose();
   auto load = [&](Eigen::Index t) {
-    q = Q.row(t).transpose();
-    k = K.row(t).transpose();
-    v = V.row(t).transpose();
-    u = U.row(t).transpose();
+    q = Qc.col(t);
+    k = Kc.col(t);
+    v = Vc.col(t);
+    u = Uc.col(t);
   };
   for (Eigen::Index t = 0; t < T; ++t) {
     if (t % checkpoint == 0) ckpt.push_back(st);
@@ -225,10 +230,7 @@ VlaGradients<Scalar> vla_backward(const VlaSnapshot<Scalar>& initial, const Conf
   }
 
   VlaGradients<Scalar> g;
-  g.dq = Matrix<Scalar>::Zero(T, n);
-  g.dk = Matrix<Scalar>::Zero(T, n);
-  g.dv = Matrix<Scalar>::Zero(T, m);
-  g.du = Matrix<Scalar>::Zero(T, n);
+  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T), guc(n, T);  // token columns, transposed at the end
   Matrix<Scalar> gA = d_final ? d_final->A : Matrix<Scalar>::Zero(n, n);
   Matrix<Scalar> gS = d_final ? d_final->S : Matrix<Scalar>::Zero(m, n);
   Vector<Scalar> gz = d_final ? d_final->z : Vector<Scalar>::Zero(n);
@@ -250,15 +252,19 @@ VlaGradients<Scalar> vla_backward(const VlaSnapshot<Scalar>& initial, const Conf
     }
     for (Eigen::Index t = t1 - 1; t >= t0; --t) {
       load(t);
-      go = dO.row(t).transpose();
+      go = dOc.col(t);
       detail::vla_step_adjoint(pre[static_cast<std::size_t>(t - t0)], q, k, v, u, go, gA, gS, gz, gq, gk, gv, gu, scratch,
                                stats);
-      g.dq.row(t) = gq.transpose();
-      g.dk.row(t) = gk.transpose();
-      g.dv.row(t) = gv.transpose();
-      g.du.row(t) = gu.transpose();
+      gqc.col(t) = gq;
+      gkc.col(t) = gk;
+      gvc.col(t) = gv;
+      guc.col(t) = gu;
     }
   }
+  g.dq = gqc.transpose();
+  g.dk = gkc.transpose();
+  g.dv = gvc.transpose();
+  g.du = guc.transpose();
   g.d_initial.A = (gA + gA.transpose()) / Scalar(2);
   g.d_initial.S = gS;
   g.d_initial.z = gz;
