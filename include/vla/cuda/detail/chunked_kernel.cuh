@@ -83,6 +83,27 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const std::uint32_t (&a)
 #endif
 }
 
+/// hi = x rounded to TF32; lo = the rest, rounded (Split), else 0: a ≈ hi + lo for 3×TF32.
+template <bool Split, int N>
+__device__ __forceinline__ void split_tf32(const float (&x)[N], std::uint32_t (&hi)[N], std::uint32_t (&lo)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    hi[i] = to_tf32(x[i]);
+    lo[i] = Split ? to_tf32(x[i] - __uint_as_float(hi[i])) : 0u;
+  }
+}
+
+/// c += a·b with a = ah + al, b = bh + bl: 3×TF32 (al·bh + ah·bl + ah·bh) when Split, else ah·bh.
+template <bool Split>
+__device__ __forceinline__ void mma_tf32_split(float (&c)[4], const std::uint32_t (&ah)[4], const std::uint32_t (&al)[4],
+                                               const std::uint32_t (&bh)[2], const std::uint32_t (&bl)[2]) {
+  if (Split) {
+    mma_tf32(c, al, bh);
+    mma_tf32(c, ah, bl);
+  }
+  mma_tf32(c, ah, bh);
+}
+
 /// A matrix operand in shared memory: element (r, c) at p[r·rs + c·cs] (a transpose swaps rs, cs).
 struct Operand {
   const float* p;
@@ -100,26 +121,14 @@ __device__ __forceinline__ void tile_product(Operand a, Operand b, int m0, int n
   for (int k0 = 0; k0 < K; k0 += 8) {
     const float af[4] = {a(m0 + g, k0 + t), a(m0 + g + 8, k0 + t), a(m0 + g, k0 + t + 4), a(m0 + g + 8, k0 + t + 4)};
     std::uint32_t ah[4], al[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      ah[i] = to_tf32(af[i]);
-      al[i] = Split ? to_tf32(af[i] - __uint_as_float(ah[i])) : 0u;
-    }
+    split_tf32<Split>(af, ah, al);
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int n = n0 + 8 * j + g;
       const float bf[2] = {b(k0 + t, n), b(k0 + t + 4, n)};
       std::uint32_t bh[2], bl[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        bh[i] = to_tf32(bf[i]);
-        bl[i] = Split ? to_tf32(bf[i] - __uint_as_float(bh[i])) : 0u;
-      }
-      if (Split) {
-        mma_tf32(acc[j], al, bh);
-        mma_tf32(acc[j], ah, bl);
-      }
-      mma_tf32(acc[j], ah, bh);
+      split_tf32<Split>(bf, bh, bl);
+      mma_tf32_split<Split>(acc[j], ah, al, bh, bl);
     }
   }
 }
@@ -149,6 +158,28 @@ __device__ __forceinline__ void product(Operand a, Operand b, int M, int N, int 
 template <bool Split, int K, class Epi>
 __device__ __forceinline__ void product(Operand a, Operand b, int M, int N, int warp, int nwarps, int lane, Epi&& epi) {
   product<Split, K>(a, b, M, N, warp, nwarps, lane, static_cast<Epi&&>(epi), [](int, int) { return false; });
+}
+
+/// x = L⁻¹ b for a unit lower-triangular C×C matrix L (row-major, row stride LC, strictly lower
+/// part read), by one thread, forward substitution: row s of L in 16-byte broadcast loads (every
+/// thread of the warp reads the same row). b(s) gives the right-hand side, sink(s, x_s) takes each
+/// result as it is final.
+template <int C, int LC, class Rhs, class Sink>
+__device__ __forceinline__ void unit_lower_solve(const float* L, Rhs&& b, float (&x)[C], Sink&& sink) {
+#pragma unroll
+  for (int s = 0; s < C; ++s) {
+    float w = b(s);
+#pragma unroll
+    for (int j4 = 0; j4 < s; j4 += 4) {
+      const float4 l = ld4(L + s * LC + j4);
+      w = fmaf(-l.x, x[j4], w);
+      if (j4 + 1 < s) w = fmaf(-l.y, x[j4 + 1], w);
+      if (j4 + 2 < s) w = fmaf(-l.z, x[j4 + 2], w);
+      if (j4 + 3 < s) w = fmaf(-l.w, x[j4 + 3], w);
+    }
+    x[s] = w;
+    sink(s, w);
+  }
 }
 
 /// warp_unit_factor for R vectors at once (their reductions interleaved, so their latencies overlap).
@@ -507,20 +538,8 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       if (warp >= 2 && c + 1 < nchunks) prep(c + 1, b ^ 1, phase_next, Prep::k_rows);
       for (int col = rt; warp < 2 && col < DK; col += 64) {
         float zc[C];
-#pragma unroll
-        for (int s = 0; s < C; ++s) {
-          float w = X[s * LK + col];
-#pragma unroll
-          for (int j4 = 0; j4 < s; j4 += 4) {
-            const float4 l = ld4(Gt + s * LC + j4);
-            w = fmaf(-l.x, zc[j4], w);
-            if (j4 + 1 < s) w = fmaf(-l.y, zc[j4 + 1], w);
-            if (j4 + 2 < s) w = fmaf(-l.z, zc[j4 + 2], w);
-            if (j4 + 3 < s) w = fmaf(-l.w, zc[j4 + 3], w);
-          }
-          zc[s] = w;
-          Zm[s * LK + col] = w;
-        }
+        unit_lower_solve<C, LC>(
+            Gt, [&](int s) { return X[s * LK + col]; }, zc, [&](int s, float w) { Zm[s * LK + col] = w; });
       }
       VLA_SYNC_A();
       if (c + 2 < nchunks) stage(c + 2);  // the stage has been read
@@ -545,26 +564,14 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
             const float af[4] = {Zm[(k0 + t) * LK + m0 + g] * s0, Zm[(k0 + t) * LK + m0 + g + 8] * s0,
                                  Zm[(k0 + t + 4) * LK + m0 + g] * s1, Zm[(k0 + t + 4) * LK + m0 + g + 8] * s1};
             std::uint32_t ah[4], al[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              ah[i] = to_tf32(af[i]);
-              al[i] = kSplitA ? to_tf32(af[i] - __uint_as_float(ah[i])) : 0u;
-            }
+            split_tf32<kSplitA>(af, ah, al);
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
               const int nn = n0 + 8 * j + g;
               const float bf[2] = {Zm[(k0 + t) * LK + nn] * s0, Zm[(k0 + t + 4) * LK + nn] * s1};
               std::uint32_t bh[2], bl[2];
-#pragma unroll
-              for (int i = 0; i < 2; ++i) {
-                bh[i] = to_tf32(bf[i]);
-                bl[i] = kSplitA ? to_tf32(bf[i] - __uint_as_float(bh[i])) : 0u;
-              }
-              if (kSplitA) {
-                mma_tf32(acc[j], al, bh);
-                mma_tf32(acc[j], ah, bl);
-              }
-              mma_tf32(acc[j], ah, bh);
+              split_tf32<kSplitA>(bf, bh, bl);
+              mma_tf32_split<kSplitA>(acc[j], ah, al, bh, bl);
             }
           }
 #pragma unroll
@@ -691,19 +698,8 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       // P9: (I + L_k) E = V − K̂ Sᵀ, one thread per column.
       for (int col = rt; col < DV; col += NTR) {
         float ec[C];
-#pragma unroll
-        for (int s = 0; s < C; ++s) {
-          float w = Vs[s * LV + col] - KSQ[s * LV + col];
-#pragma unroll
-          for (int j4 = 0; j4 < s; j4 += 4) {  // row s of L_k in 16-byte broadcasts
-            const float4 l = ld4(Lk + s * LC + j4);
-            w = fmaf(-l.x, ec[j4], w);
-            if (j4 + 1 < s) w = fmaf(-l.y, ec[j4 + 1], w);
-            if (j4 + 2 < s) w = fmaf(-l.z, ec[j4 + 2], w);
-            if (j4 + 3 < s) w = fmaf(-l.w, ec[j4 + 3], w);
-          }
-          ec[s] = w;
-        }
+        unit_lower_solve<C, LC>(
+            Lk, [&](int s) { return Vs[s * LV + col] - KSQ[s * LV + col]; }, ec, [](int, float) {});
 #pragma unroll
         for (int s = 0; s < C; ++s) E[s * LV + col] = ec[s];
       }
