@@ -14,3 +14,4 @@
 #include "vla/penalty_inverse.hpp"
 #include "vla/rows.hpp"
 #include "vla/state.hpp"
+#include "vla/time_split.hpp"

@@ -261,5 +261,6 @@ void run_state_norm(const Options& o);
 void run_adversarial(const Options& o);
 void run_jacobian(const Options& o);
 void run_recall(const Options& o);
+void run_time_split(const Options& opt);
 
 }  // namespace vlaexp

@@ -1,6 +1,6 @@
 // vla_experiments: reproduces and stresses the paper's claims (docs/experiments.md).
 //
-//   vla_experiments [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall]...
+//   vla_experiments [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall|time_split]...
 //
 // Writes CSVs to DIR (default docs/figures) and Markdown tables to DIR/tables/. Every random
 // number comes from fixed seeds, so a rerun reproduces the files (on the same build).
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
     else if (a == "--scale")
       opt.scale = std::atof(value().c_str());
     else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall]...\n",
+      std::printf("usage: %s [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall|time_split]...\n",
                   argv[0]);
       return 0;
     } else
@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
       {"state_norm", vlaexp::run_state_norm},
       {"adversarial", vlaexp::run_adversarial},
       {"jacobian", vlaexp::run_jacobian},
-      {"recall", vlaexp::run_recall}};
+      {"recall", vlaexp::run_recall},
+      {"time_split", vlaexp::run_time_split}};
   for (const auto& w : which) {
     bool found = false;
     for (const auto& [name, fn] : all)
