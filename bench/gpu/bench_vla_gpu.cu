@@ -109,10 +109,12 @@ void check(const vla::cuda::Status& s, const char* what) {
 FILE* g_csv = nullptr;
 
 template <class Op>
-float forward_ms(const vla::ForwardArgs<In, float>& a, int chunk = 0, vla::Path path = vla::Path::recurrent) {
+float forward_ms(const vla::ForwardArgs<In, float>& a, int chunk = 0, vla::Path path = vla::Path::recurrent,
+                 int time_split = 0) {
   vla::cuda::Options opt;
   opt.chunk = chunk;
   opt.path = path;
+  opt.time_split = time_split;
   check(vla::forward<vla::backend::Cuda, Op>(a, vla::Config{}, cudaStream_t{}, opt), Op::name);  // first: also a check
   CK(cudaDeviceSynchronize());
   return time_median([&] { check(vla::forward<vla::backend::Cuda, Op>(a, vla::Config{}, cudaStream_t{}, opt), Op::name); });
@@ -159,6 +161,18 @@ void bench_forward(bool quick) {
         if (g_csv)
           std::fprintf(g_csv, "forward,%s,%d,%d,%lld,%d,bf16,%.6f,%.1f\n", op_key(names[i]).c_str(), B, H, (long long)T, d, ts[i],
                        B * T / (ts[i] * 1e-3));
+      if (H == 1) {  // few chains: the time split (docs/maths.md §4b), spans on the automatic path
+        std::printf("   time split (B=%d H=%d T=%lld), ms:", B, H, (long long)T);
+        for (int R : {8, 16, 32, 64}) {
+          if (R * 16 > T) continue;
+          const float t_sp = forward_ms<vla::op::Vla>(a, 0, vla::Path::automatic, R);
+          std::printf("  R=%d %.3f", R, t_sp);
+          if (g_csv)
+            std::fprintf(g_csv, "forward,ours_vla_split%d,%d,%d,%lld,%d,bf16,%.6f,%.1f\n", R, B, H, (long long)T, d, t_sp,
+                         B * T / (t_sp * 1e-3));
+        }
+        std::printf("\n");
+      }
       std::fflush(stdout);
     }
     // The chunk size (tokens staged per shared-memory round) at one shape: what it costs.

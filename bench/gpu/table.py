@@ -44,6 +44,21 @@ def main(paths):
               f"{ratio('fla_fused_recurrent_delta_rule', 'ours_deltanet')} | {ratio('sdpa_causal_bf16', 'ours_vla')} | {step} | "
               f"{ratio('ours_vla', 'ours_vla_chunked')} | {ratio('fla_chunk_delta_rule', 'ours_vla_chunked')} | "
               f"{ratio('sdpa_causal_bf16', 'ours_vla_chunked')} |")
+    split = sorted({k[1:] for k in fwd if k[0].startswith("ours_vla_split")}, key=lambda s: (s[0] * s[1], s[2]))
+    if split:
+        print("\n## Time split (docs/maths.md §4b): VLA with each sequence cut into R spans; median ms, best R")
+        print("| B | H | T | every R (ms) | best | vs VLA chunked (unsplit) | vs FLA chunk DN | vs SDPA |")
+        print("|---|---|---|---|---|---|---|---|")
+        for B, H, T in split:
+            rs = sorted((int(k[0][len("ours_vla_split"):]), ms) for k, ms in fwd.items() if k[1:] == (B, H, T) and k[0].startswith("ours_vla_split"))
+            r_best, best = min(rs, key=lambda x: x[1])
+
+            def vs(peer):
+                a = fwd.get((peer, B, H, T))
+                return "-" if a is None else f"{a / best:.2f}×"
+
+            print(f"| {B} | {H} | {T} | " + ", ".join(f"R={r}: {ms:.3f}" for r, ms in rs) +
+                  f" | {best:.3f} (R={r_best}) | {vs('ours_vla_chunked')} | {vs('fla_chunk_delta_rule')} | {vs('sdpa_causal_bf16')} |")
     variants = sorted({k[0].split("@", 1)[1] for k in fwd if "@" in k[0]})
     for tag in variants:
         print(f"\n## Variant '{tag}' vs default (same run): median ms, ratio default/variant (> 1 = variant faster)")

@@ -28,6 +28,7 @@
 #include "vla/cuda/detail/chunked_kernel.cuh"
 #include "vla/cuda/detail/decode_kernel.cuh"
 #include "vla/cuda/detail/recurrent_kernel.cuh"
+#include "vla/cuda/detail/time_split.cuh"
 #include "vla/cuda/status.cuh"
 
 namespace vla {
@@ -50,6 +51,13 @@ struct Options {
   /// Tokens per chunk. Recurrent path: tokens staged per shared-memory chunk, 0 picks the default
   /// (32 for head dims ≤ 64, else 16). Chunked path: 0 or the one size built (ChunkedLayout::C, 32 by default; VLA_CUDA_CHUNKED_C).
   int chunk = 0;
+  /// Time split (VLA, fixed-length layout, dk = dv ≤ 64 — docs/maths.md §4b): cut every sequence into
+  /// this many spans that run as independent chains — for batches with too few (sequence, head)
+  /// pairs to fill the GPU. 0 or 1: off. Costs three forwards over the spans (the P and Q summaries
+  /// of S, then the rerun) plus the span starts (≈ 70 µs of serial work per span, measured), and
+  /// workspace of 2 token buffers and about 11·dk² floats per (span, head), allocated on `stream`
+  /// (cudaMallocAsync). Measured best R: 16–32 at T = 4k–64k (docs/cuda.md).
+  int time_split = 0;
 
   static constexpr std::int64_t kChunkedFrom = 256;
 };
@@ -322,6 +330,11 @@ inline std::int64_t pow2_at_least(std::int64_t x) {
 
 }  // namespace detail
 
+namespace detail {
+template <class In>
+Status forward_time_split(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t stream, const Options& opt);
+}  // namespace detail
+
 /// The batched forward of op `Op` (op::Vla, op::LinearAttention, op::DeltaNet) on the GPU.
 /// Checks (on the host, before any launch): the config, extents and required pointers
 /// (vla::detail::check_args), head dims ∈ {32, 64, 128}, 16-byte alignment of the token and state
@@ -383,6 +396,16 @@ Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t 
     if (!st) return st;
   }
 
+  if (opt.time_split < 0) return Status::invalid("vla::cuda::Options::time_split must be >= 0");
+  if (opt.time_split > 1) {
+    if (!kHasChunked) return Status::invalid(std::string(Op::name) + ": no time split on the GPU (it is for VLA)");
+    if (a.varlen()) return Status::invalid("vla::cuda: the time split needs the fixed-length layout (no cu_seqlens)");
+    if (a.dk != a.dv || a.dk > 64)
+      return Status::invalid("vla::cuda: the time split is built for dk = dv ≤ 64 (got dk = " + std::to_string(a.dk) +
+                             ", dv = " + std::to_string(a.dv) + ")");
+    if (a.seq_len >= 2) return detail::forward_time_split<In>(a, cfg, stream, opt);
+  }
+
   detail::RecurrentParams<In> p = detail::make_params(a, cfg);
   if (kHasChunked && (opt.path == Path::chunked || (opt.path == Path::automatic && longest >= Options::kChunkedFrom))) {
     bool fits = false;
@@ -402,5 +425,162 @@ Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t 
   });
 }
 
+namespace detail {
+
+/// The time split's head dims: one instantiation of its three kernels per supported d ≤ 64.
+template <class Fn>
+Status dispatch_split_dim(std::int64_t d, Fn&& fn) {
+  if (d == 32) return fn(std::integral_constant<int, 32>{});
+  return fn(std::integral_constant<int, 64>{});
+}
+
+/// docs/maths.md §4b on the GPU, for a fixed-length batch (validated by forward): every sequence
+/// becomes R = min(opt.time_split, T) spans, which are the sequences of three ordinary forwards on a
+/// packed batch of N·R sequences (cu_seqlens = the span boundaries, the token buffers unchanged):
+///   1. span_transfer_kernel: each span's A summary and Σk;   2. span_starts_kernel: A, z, t at
+///   every span start;   3. forward "P": from (A_start, S = I), values 0 → each span's P;
+///   4. forward "Q": from (A_start, S = 0), the values → each span's Q;   5. memory_starts_kernel:
+///   S at every span start;   6. forward: every span from its full start state → o and, from the
+///   last span of each sequence, the final state. Everything is ordered on `stream`.
+template <class In>
+Status forward_time_split(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t stream, const Options& opt) {
+  const std::int64_t N = a.batch, T = a.seq_len, H = a.heads, d = a.dk;
+  const std::int64_t R = std::min<std::int64_t>(opt.time_split, T), NRH = N * R * H, tokens = N * T;
+  // Span boundaries on the token axis, on the host (for the forwards' checks) and on the device.
+  std::vector<std::int64_t> cu(static_cast<std::size_t>(N * R + 1));
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t r = 0; r < R; ++r) cu[std::size_t(n * R + r)] = n * T + span_first(T, R, r);
+  cu[std::size_t(N * R)] = N * T;
+  // One workspace: floats, then steps and cu_seqlens (int64), then two token buffers (In).
+  const std::size_t f_M = std::size_t(NRH) * 4 * d * d, f_ks = std::size_t(NRH) * d, f_dd = std::size_t(NRH) * d * d;
+  const std::size_t floats = f_M + f_ks + 7 * f_dd + 2 * f_ks;  // M, Σk; A_start P_init P Q S_start A_fin S_fin; z_start z_fin
+  const std::size_t i64 = std::size_t(NRH) * 2 + cu.size();
+  const std::size_t tok_elems = std::size_t(tokens) * H * d;
+  const std::size_t bytes = floats * 4 + i64 * 8 + 2 * tok_elems * sizeof(In) + 64;
+  char* ws = nullptr;
+  cudaError_t e = cudaMallocAsync(reinterpret_cast<void**>(&ws), bytes, stream);
+  if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: time split workspace");
+  auto fail = [&](Status s) {
+    cudaFreeAsync(ws, stream);
+    return s;
+  };
+  float* fp = reinterpret_cast<float*>(ws);
+  TimeSplitParams sp;
+  sp.batch = N, sp.seq_len = T, sp.heads = H, sp.spans = R;
+  sp.steps0 = a.initial_state.steps, sp.A0 = a.initial_state.A, sp.S0 = a.initial_state.S, sp.z0 = a.initial_state.z;
+  sp.inv_lambda0 = 1.f / static_cast<float>(cfg.lambda0);
+  sp.refresh_eps = static_cast<float>(cfg.refresh_eps);
+  sp.inv_sqrt_dk = 1.f / std::sqrt(static_cast<float>(d));
+  sp.refresh_period = cfg.refresh_period;
+  sp.M = fp, fp += f_M;
+  sp.key_sum = fp, fp += f_ks;
+  sp.A_start = fp, fp += f_dd;
+  sp.P_init = fp, fp += f_dd;
+  float* P = fp;
+  fp += f_dd;
+  float* Q = fp;
+  fp += f_dd;
+  sp.S_start = fp, fp += f_dd;
+  float* A_fin = fp;
+  fp += f_dd;
+  float* S_fin = fp;
+  fp += f_dd;
+  sp.z_start = fp, fp += f_ks;
+  float* z_fin = fp;
+  fp += f_ks;
+  sp.P = P, sp.Q = Q;
+  std::int64_t* ip = reinterpret_cast<std::int64_t*>(fp);
+  sp.steps_start = ip, ip += NRH;
+  std::int64_t* steps_fin = ip;
+  ip += NRH;
+  std::int64_t* dcu = ip;
+  ip += cu.size();
+  In* zeros = reinterpret_cast<In*>((reinterpret_cast<std::uintptr_t>(ip) + 15) / 16 * 16);
+  In* scratch = zeros + (tok_elems + 7) / 8 * 8;
+  if (reinterpret_cast<char*>(scratch + tok_elems) > ws + bytes)  // the carving above must fit what was allocated
+    return fail(Status::invalid("vla::cuda: time split workspace layout (internal error)"));
+
+  e = cudaMemcpyAsync(dcu, cu.data(), cu.size() * 8, cudaMemcpyHostToDevice, stream);
+  if (e == cudaSuccess) e = cudaMemsetAsync(zeros, 0, tok_elems * sizeof(In), stream);
+  if (e == cudaSuccess) e = cudaMemsetAsync(sp.S_start, 0, f_dd * 4, stream);  // the Q pass's S = 0
+  if (e != cudaSuccess) return fail(Status::from_cuda(e, "vla::cuda: time split setup"));
+
+  Status st = dispatch_split_dim(d, [&](auto d_c) -> Status {
+    constexpr int D = decltype(d_c)::value;
+    auto k1 = &span_transfer_kernel<In, D>;
+    Status s = prepare_kernel<KernelTag<op::Vla, In, D, D, 5>>(k1, TransferLayout<D>::NT, TransferLayout<D>::bytes);
+    if (!s) return s;
+    k1<<<static_cast<unsigned>(NRH), TransferLayout<D>::NT, TransferLayout<D>::bytes, stream>>>(a.u, a.k, sp);
+    s = Status::from_cuda(cudaGetLastError(), "vla::cuda: span transfer launch");
+    if (!s) return s;
+    // Tagged by In although the kernel is not: each token type's instances live in their own
+    // translation unit, whose copy of the kernel needs its own cudaFuncSetAttribute (prepare_kernel's
+    // cache is shared by all of them).
+    auto k2 = &span_starts_kernel<D>;
+    s = prepare_kernel<KernelTag<op::Vla, In, D, D, 6>>(k2, StartsLayout<D>::NT, StartsLayout<D>::bytes);
+    if (!s) return s;
+    k2<<<static_cast<unsigned>(N * H), StartsLayout<D>::NT, StartsLayout<D>::bytes, stream>>>(sp);
+    return Status::from_cuda(cudaGetLastError(), "vla::cuda: span starts launch");
+  });
+  if (!st) return fail(st);
+
+  ForwardArgs<In, float> b = a;  // the spans as a packed batch of N·R sequences
+  b.batch = N * R;
+  b.seq_len = 0;
+  b.cu_seqlens = dcu;
+  b.o = scratch;
+  Options o2 = opt;
+  o2.time_split = 0;
+  o2.host_cu_seqlens = cu.data();
+  o2.check_inputs = false;  // forward checked them already when asked
+  // 3. P: "S" = P from I with zero values (dv = dk).
+  b.v = zeros;
+  b.initial_state = {sp.A_start, sp.P_init, sp.z_start, sp.steps_start};
+  b.final_state = {A_fin, P, z_fin, steps_fin};  // A, z, t: scratch (a final state is all parts or none)
+  st = ::vla::cuda::forward<op::Vla, In>(b, cfg, stream, o2);
+  if (!st) return fail(st);
+  // 4. Q: S from 0 with the values.
+  b.v = a.v;
+  b.initial_state = {sp.A_start, sp.S_start, sp.z_start, sp.steps_start};
+  b.final_state = {A_fin, Q, z_fin, steps_fin};
+  st = ::vla::cuda::forward<op::Vla, In>(b, cfg, stream, o2);
+  if (!st) return fail(st);
+  // 5. S at every span start.
+  st = dispatch_split_dim(d, [&](auto d_c) -> Status {
+    constexpr int D = decltype(d_c)::value;
+    constexpr std::size_t smem = std::size_t(2) * D * (D + 4) * 4;
+    auto k3 = &memory_starts_kernel<D, D>;
+    Status s = prepare_kernel<KernelTag<op::Vla, In, D, D, 7>>(k3, 1024, smem);
+    if (!s) return s;
+    k3<<<static_cast<unsigned>(N * H), 1024, smem, stream>>>(sp);
+    return Status::from_cuda(cudaGetLastError(), "vla::cuda: memory starts launch");
+  });
+  if (!st) return fail(st);
+  // 6. Every span from its start; the last span of each sequence holds the final state.
+  b.o = a.o;
+  b.initial_state = {sp.A_start, sp.S_start, sp.z_start, sp.steps_start};
+  const bool want_final = a.final_state.A || a.final_state.S || a.final_state.z || a.final_state.steps;
+  b.final_state = want_final ? StateBuffers<float>{A_fin, S_fin, z_fin, steps_fin} : StateBuffers<float>{};
+  st = ::vla::cuda::forward<op::Vla, In>(b, cfg, stream, o2);
+  if (!st) return fail(st);
+  if (want_final) {
+    // span-major [N·R, H, x] → [N, H, x]: sequence n's last span is slot n·R + R − 1.
+    auto copy_last = [&](void* dst, const void* src, std::size_t per_head_bytes) {
+      const std::size_t row = std::size_t(H) * per_head_bytes;
+      return cudaMemcpy2DAsync(dst, row, static_cast<const char*>(src) + std::size_t(R - 1) * row, row * std::size_t(R),
+                               row, static_cast<std::size_t>(N), cudaMemcpyDeviceToDevice, stream);
+    };
+    e = cudaSuccess;
+    if (a.final_state.A) e = copy_last(a.final_state.A, A_fin, std::size_t(d) * d * 4);
+    if (e == cudaSuccess && a.final_state.S) e = copy_last(a.final_state.S, S_fin, std::size_t(d) * d * 4);
+    if (e == cudaSuccess && a.final_state.z) e = copy_last(a.final_state.z, z_fin, std::size_t(d) * 4);
+    if (e == cudaSuccess && a.final_state.steps) e = copy_last(a.final_state.steps, steps_fin, 8);
+    if (e != cudaSuccess) return fail(Status::from_cuda(e, "vla::cuda: time split final state"));
+  }
+  e = cudaFreeAsync(ws, stream);
+  return Status::from_cuda(e, "vla::cuda: time split workspace release");
+}
+
+}  // namespace detail
 }  // namespace cuda
 }  // namespace vla
