@@ -1,7 +1,10 @@
 // bench/gpu/bench_vla_gpu.cu — GPU timings of the fused recurrent kernels (CUDA events, warm-up,
 // median of repeats; see bench/gpu/RESULTS.md). No Google Benchmark: the GPU machine has none.
 //
-//   vla_gpu_bench [--quick] [--only-decode | --only-forward] [--csv FILE]
+//   vla_gpu_bench [--quick] [--only-decode | --only-forward] [--few-heads] [--keep-pool] [--csv FILE]
+//   --few-heads: only the B = 4, H = 1 forward rows; --keep-pool: the device's default memory pool keeps
+//   freed memory (release threshold = max), as a caching allocator would, for the workspace that
+//   the time split takes with cudaMallocAsync on every call.
 //
 // Forward: VLA, linear attention and DeltaNet, bf16 tokens, d = 64, at B = 8, H = 16 and at the
 // paper's B = 4, H = 1, T ∈ {1k, 4k, 16k, 64k}. Decode: head-steps/s for B·H ∈ {1k, 16k}, states in
@@ -107,6 +110,7 @@ void check(const vla::cuda::Status& s, const char* what) {
 }
 
 FILE* g_csv = nullptr;
+bool g_few_heads = false;
 
 template <class Op>
 float forward_ms(const vla::ForwardArgs<In, float>& a, int chunk = 0, vla::Path path = vla::Path::recurrent,
@@ -129,6 +133,7 @@ void bench_forward(bool quick) {
               "vla chunked ms (Mtok/s)", "linear_attn ms (Mtok/s)", "deltanet ms (Mtok/s)", "vla us/step");
   for (const std::pair<int, int>& bh : {std::pair<int, int>{8, 16}, std::pair<int, int>{4, 1}}) {
     const int B = bh.first, H = bh.second;
+    if (g_few_heads && H != 1) continue;
     const std::int64_t nk = B * Tmax * H * d;
     In *q, *k, *v, *u, *beta, *o;
     CK(cudaMalloc(&q, nk * sizeof(In)));
@@ -296,6 +301,14 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--only-decode")) do_forward = false;
     if (!std::strcmp(argv[i], "--only-forward")) do_decode = false;
     if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) g_csv = std::fopen(argv[++i], "w");
+    if (!std::strcmp(argv[i], "--few-heads")) g_few_heads = true;
+    if (!std::strcmp(argv[i], "--keep-pool")) {
+      cudaMemPool_t pool;
+      CK(cudaDeviceGetDefaultMemPool(&pool, 0));
+      std::uint64_t keep = ~std::uint64_t(0);
+      CK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+      std::printf("default memory pool: release threshold = max (freed memory is kept)\n");
+    }
   }
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
