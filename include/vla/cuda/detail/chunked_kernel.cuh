@@ -160,25 +160,35 @@ __device__ __forceinline__ void product(Operand a, Operand b, int M, int N, int 
   product<Split, K>(a, b, M, N, warp, nwarps, lane, static_cast<Epi&&>(epi), [](int, int) { return false; });
 }
 
-/// x = L⁻¹ b for a unit lower-triangular C×C matrix L (row-major, row stride LC, strictly lower
-/// part read), by one thread, forward substitution: row s of L in 16-byte broadcast loads (every
-/// thread of the warp reads the same row). b(s) gives the right-hand side, sink(s, x_s) takes each
-/// result as it is final.
-template <int C, int LC, class Rhs, class Sink>
-__device__ __forceinline__ void unit_lower_solve(const float* L, Rhs&& b, float (&x)[C], Sink&& sink) {
+/// Rows r0 .. r0 + 7 of x = L⁻¹ b for a unit lower-triangular matrix L (row-major, row stride LC,
+/// strictly lower part read), one column of x per group of G consecutive lanes (part = lane mod G),
+/// rows < r0 already final in out (row stride LD), written by this call's earlier blocks. The
+/// group splits the sum over the earlier rows, x_s = b_s − Σ_{j<r0} L(s, j) x_j (part p takes
+/// j ≡ p mod G), adds the parts by a butterfly (so every lane of the group has the same bits),
+/// then solves the 8×8 diagonal block redundantly in every lane and stores row i from part i mod G.
+/// A caller that solves block after block puts a __syncwarp between them (rows are read by the
+/// group's other lanes). Why blocks of 8: the earlier rows' sums are independent FMAs, so only the
+/// diagonal block's 28 form a chain.
+template <int G, int LC, int LD, class Rhs>
+__device__ __forceinline__ void lower_solve_block(const float* L, int r0, Rhs&& b, float* out, int col, int part) {
+  float acc[8];
 #pragma unroll
-  for (int s = 0; s < C; ++s) {
-    float w = b(s);
+  for (int i = 0; i < 8; ++i) acc[i] = part == 0 ? b(r0 + i) : 0.f;
+  for (int j = part; j < r0; j += G) {
+    const float xj = out[j * LD + col];
 #pragma unroll
-    for (int j4 = 0; j4 < s; j4 += 4) {
-      const float4 l = ld4(L + s * LC + j4);
-      w = fmaf(-l.x, x[j4], w);
-      if (j4 + 1 < s) w = fmaf(-l.y, x[j4 + 1], w);
-      if (j4 + 2 < s) w = fmaf(-l.z, x[j4 + 2], w);
-      if (j4 + 3 < s) w = fmaf(-l.w, x[j4 + 3], w);
-    }
-    x[s] = w;
-    sink(s, w);
+    for (int i = 0; i < 8; ++i) acc[i] = fmaf(-L[(r0 + i) * LC + j], xj, acc[i]);
+  }
+  if (G > 1)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = group_sum<G>(acc[i]);
+  float xb[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+#pragma unroll
+    for (int m = 0; m < i; ++m) acc[i] = fmaf(-L[(r0 + i) * LC + r0 + m], xb[m], acc[i]);
+    xb[i] = acc[i];
+    if (i % G == part) out[(r0 + i) * LD + col] = acc[i];
   }
 }
 
@@ -263,6 +273,7 @@ struct ChunkedLayout {
   static constexpr std::size_t bytes = stageS_offset + stageS_elems * sizeof(In);
   // named barriers (0 is __syncthreads)
   static constexpr int kBarA = 1, kBarS = 2;  // named barriers of one role (0: the whole CTA, chunk_handover)
+  static constexpr int kBarL = 3;             // the A warps that run the blocked LDLᵀ (P3–P4)
   static_assert(DK % 16 == 0 && DV % 16 == 0, "vla: chunked kernel head dims must be multiples of 16");
   static_assert(2 * C % NWR == 0 && C % NWR == 0, "vla: rows per warp");
 };
@@ -300,62 +311,62 @@ __device__ __forceinline__ void stage_rows(In* st, std::int64_t H, std::int64_t 
   }
 }
 
-/// Unit rows: for R rows per warp (rows row0 .. row0 + R − 1 of the raw tokens `src`, DK wide,
-/// rows ≥ n are zero), dst row = x·factor by the rules' scale-safe normalisation (`extra`: the
-/// û scale 1/√dk, else 1). Returns nothing; zero[row] = 1 where the factor is 0 (if zero != null).
-template <class In, int R, int DK, int LD>
-__device__ __forceinline__ void unit_rows(const In* src, float* dst, int row0, int n, float extra, float* zero, int lane) {
-  float x[R][DK / 32], ex[R], fct[R];
+/// One row of raw tokens (DK wide, 16-byte aligned) normalised by one thread with the rules'
+/// scale-safe factor (docs/maths.md §2: m = max|x|, s = Σ (x/m)², factor = extra/(m·√s), 0 where x
+/// counts as zero), written as floats to dst (16-byte aligned); live = false writes a zero row.
+/// Three passes over the row (max, scaled sum of squares, scale) so that no row is held in
+/// registers; four partial accumulators per pass shorten the dependent chains. Returns the factor.
+/// Why a thread per row: a warp per row spends its time in two five-level shuffle trees and two
+/// divisions per row (≈ 0.5–0.7 k cycles a row, run 9's profile); one thread per row has the same
+/// divisions and no shuffles, and 32 rows take the time of one.
+template <class In, int DK>
+__device__ __forceinline__ float unit_row_thread(const In* src, bool live, float extra, float* dst) {
+  constexpr int EPV = 16 / sizeof(In), NP = DK / EPV;
+  struct alignas(16) Pack {
+    In v[EPV];
+  };
+  static_assert(DK % 4 == 0 && DK % EPV == 0, "vla: row width");
+  const Pack* const s = reinterpret_cast<const Pack*>(src);
+  float fct = 0.f;
+  if (live) {
+    float m[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int row = row0 + r;
-    ex[r] = extra;
+    for (int i = 0; i < NP; ++i) {
+      const Pack w = s[i];
 #pragma unroll
-    for (int i = 0; i < DK / 32; ++i) x[r][i] = row < n ? to_float(src[row * DK + lane + 32 * i]) : 0.f;
+      for (int e = 0; e < EPV; ++e) m[e & 3] = fmaxf(m[e & 3], fabsf(to_float(w.v[e])));
+    }
+    const float im = rules::inverse_max<float>(fmaxf(fmaxf(m[0], m[1]), fmaxf(m[2], m[3])));
+    float a[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < NP; ++i) {
+      const Pack w = s[i];
+#pragma unroll
+      for (int e = 0; e < EPV; ++e) {
+        const float y = to_float(w.v[e]) * im;
+        a[e & 3] = fmaf(y, y, a[e & 3]);
+      }
+    }
+    fct = im == 0.f ? 0.f : rules::normalize_factor<float>(im, (a[0] + a[1]) + (a[2] + a[3]), extra);
   }
-  warp_unit_factors(x, ex, fct);
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int row = row0 + r;
+  for (int i = 0; i < NP; ++i) {
+    const Pack w = s[i];
+    float x[EPV];
 #pragma unroll
-    for (int i = 0; i < DK / 32; ++i) dst[row * LD + lane + 32 * i] = x[r][i] * fct[r];
-    if (zero && lane == 0) zero[row] = fct[r] == 0.f ? 1.f : 0.f;
+    for (int e = 0; e < EPV; ++e) x[e] = live ? to_float(w.v[e]) * fct : 0.f;
+#pragma unroll
+    for (int e = 0; e < EPV; e += 4) st4(dst + i * EPV + e, make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]));
   }
-}
-
-/// unit_rows over rows job0 .. job0 + R − 1 of the stacked [Û; K̂] (2C rows; jobs at or past
-/// job_end are skipped): rows j < C are û_j (raw u at st, the 1/√dk scale), the others k̂_{j−C} (raw k at
-/// st + C·DK, their zero flags into kz); the outputs go to ub (Û, then K̂ at ub + C·LK).
-template <class In, int R, int C, int DK, int LK>
-__device__ __forceinline__ void unit_rows_uk(const In* st, float* ub, float* kz, int job0, int job_end, int n,
-                                             float inv_sqrt_dk, int lane) {
-  float x[R][DK / 32], ex[R], fct[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int job = job0 + r, row = job < C ? job : job - C;
-    const bool live = job < job_end && row < n;
-    ex[r] = job < C ? inv_sqrt_dk : 1.f;
-    const In* src = st + (job < C ? 0 : C * DK) + row * DK;
-#pragma unroll
-    for (int i = 0; i < DK / 32; ++i) x[r][i] = live ? to_float(src[lane + 32 * i]) : 0.f;
-  }
-  warp_unit_factors(x, ex, fct);
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int job = job0 + r;
-    if (job >= job_end) continue;
-#pragma unroll
-    for (int i = 0; i < DK / 32; ++i) ub[job * LK + lane + 32 * i] = x[r][i] * fct[r];
-    if (job >= C && lane == 0) kz[job - C] = fct[r] == 0.f ? 1.f : 0.f;
-  }
+  return fct;
 }
 
 /// The chunked VLA forward: one CTA per (sequence, head) of two warp-specialised roles that run
 /// concurrently, chunk by chunk, joined by a ring of α̂ slots (docs/maths.md §4: the S part needs
 /// only α̂ from the A part):
-///   A warps (0–7):  P2a X = [Û; K̂]A + refresh terms · P3 Ĝ, LDLᵀ (warp 0; warps 1–7: the next
-///                   chunk's Û rows, r, r′) · P4 Z = L⁻¹W̃ (warps 0–1; warps 2–7: the next chunk's
-///                   K̂ rows) · P5 P, A update · P6 Alpha → ring · P7 α̂ (zero rules) · hand-over
+///   A warps (0–7):  P2a X = [Û; K̂]A + refresh terms · P3 Ĝ · P3–P4 the blocked LDLᵀ and
+///                   Z = L⁻¹W̃ (warps 0–5; warps 6–7: the next chunk's Û, K̂ rows, r, r′) ·
+///                   P5 P, A update · P6 Alpha → ring · P7 α̂ (zero rules) · hand-over
 ///   S warps (8–15): P1s K̂, Q, V, z prefix · P2s [K̂; Q]Sᵀ, zᵀq · hand-over · P8 L_k, QA · P9 E ·
 ///                   P10 O → o, S update · P11 huge-q rows
 /// The hand-over is one CTA barrier per chunk; the S warps, whose chain is the shorter, reach it
@@ -393,28 +404,32 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     auto stage = [&](std::int64_t c) {
       stage_rows<In, C, NTR>(st, H, h, span.first + c * C, ntok(c), rt, p.u, DK, p.k, DK, nullptr, 0);
     };
-    // P1a for chunk cc into buffer b, by warps [w0, w0 + nw): Û, K̂ (zero rows where they count as
-    // zero, and past the sequence's end) in groups of J rows, and the refresh counts r, r′ from
+    // P1a for chunk cc into buffer b: Û, K̂ (zero rows where they count as zero, and past the
+    // sequence's end), a thread per row (unit_row_thread), and the refresh counts r, r′ from
     // ph = (steps before cc) mod P: the refreshes at steps j ∈ [steps, steps + t) are those with
     // (j + 1) a multiple of P, floor((steps + t)/P) − floor(steps/P) = (ph + t)/P.
-    // Which warps do it: all NW (chunk 0); or, for the next chunk, the Û rows (and r, r′) by warps
-    // 1 .. NW − 1 beside warp 0's LDLᵀ (P3) and the K̂ rows by warps 2 .. NW − 1 beside P4's
-    // solve (warps 0–1). A row's normalisation is a chain of reductions and divisions, so a
-    // warp's time grows with its rows: the rows are spread as thin as the idle warps allow.
-    enum class Prep { all, u_rows, k_rows };
+    // Who does it: every A warp for chunk 0; for the next chunk, the last two A warps (one row
+    // per lane: warp NW − 2 the Û rows, warp NW − 1 the K̂ rows and the counts) while the others
+    // run the blocked LDLᵀ and Z (P3–P4). A thread per row costs a warp the same instructions for
+    // one row as for 32, so the rows are packed into full warps.
+    enum class Prep { all, next };
     auto prep = [&](std::int64_t cc, int b, int ph, Prep part) {
       const int n = ntok(cc);
-      float* const Ub = f + L::oUK + b * 2 * C * LK;
+      float* const Ub = f + L::oUK + b * 2 * C * LK;  // Û rows 0 .. C − 1, then K̂
       float* const KZb = f + L::oKZ + b * C;
-      constexpr int R8 = 2 * C / NW, RU = (C + NW - 2) / (NW - 1), RK = (C + NW - 3) / (NW - 2);
+      int job = -1;
       if (part == Prep::all)
-        unit_rows_uk<In, R8, C, DK, LK>(st, Ub, KZb, warp * R8, 2 * C, n, p.inv_sqrt_dk, lane);
-      else if (part == Prep::u_rows)
-        unit_rows_uk<In, RU, C, DK, LK>(st, Ub, KZb, (warp - 1) * RU, C, n, p.inv_sqrt_dk, lane);
-      else
-        unit_rows_uk<In, RK, C, DK, LK>(st, Ub, KZb, C + (warp - 2) * RK, 2 * C, n, p.inv_sqrt_dk, lane);
-      if (part == Prep::k_rows) return;
-      const int i = rt - (part == Prep::all ? 0 : 32);
+        job = lane < 2 * C / NW ? warp + NW * lane : -1;
+      else if (lane < C)
+        job = (warp == NW - 2 ? 0 : C) + lane;
+      if (job >= 0) {
+        const bool is_u = job < C;
+        const int row = is_u ? job : job - C;
+        const float fct = unit_row_thread<In, DK>(st + (is_u ? 0 : C * DK) + row * DK, row < n,
+                                                  is_u ? p.inv_sqrt_dk : 1.f, Ub + job * LK);
+        if (!is_u) KZb[row] = fct == 0.f ? 1.f : 0.f;
+      }
+      const int i = part == Prep::all ? rt : (warp == NW - 1 ? lane : -1);
       if (i >= 0 && i < C) {
         const int P = p.refresh_period;
         const int t = i < n ? i : n - 1;
@@ -461,8 +476,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       VLA_CHUNKED_PHASE(2);
 
       // P3: Ĝ = I + tril(Û W̃ᵀ) (tensor cores, the lower tiles, a tile per warp), mirrored into
-      // both triangles; then L D Lᵀ = Ĝ in warp 0, L written back over it row-major (for P4's row
-      // loads), D in Dp, 1/D in Di.
+      // both triangles.
       product<kSplitA, DK>(
           Operand{Uh, LK, 1}, Operand{X, 1, LK}, C, C, warp, NW, lane,
           [&](int r, int col, float v) {
@@ -474,75 +488,105 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
           [](int m0, int n0) { return n0 > m0; });
       VLA_SYNC_A();
       VLA_CHUNKED_PHASE(8);  // (the profile's P8: Ĝ's product; P3: the LDLᵀ and the next chunk's P1a)
+      // P3–P4: L D Lᵀ = Ĝ and Z = L⁻¹ W̃, blocked by 8 pivots (docs/maths.md §4; the derivation
+      // is include/vla/cuda/README.md, "The blocked LDLᵀ"). For each block column kb (r0 = 8·kb):
+      //   panel (warp 0): lane i ≥ r0 holds row i of the current Schur complement's block column
+      //     (8 entries, in registers); pivot j comes from lane r0 + j by shuffles, and every lane
+      //     i > r0 + j eliminates it: L(i, r0 + j) = G(i, r0 + j)/D, G(i, m) −= L(i, r0 + j)·G(r0 + j, m)
+      //     for the block's later columns m. Lane i stores its L(i, r0 ..) over Ĝ's row i, and
+      //     (i ≥ r0 + 8) the values before the division, Y(i, j) = L(i, r0 + j)·D_{r0+j}, at Ĝ's
+      //     (r0 + j, i), an entry above the diagonal that nothing reads again; D and 1/D.
+      //     Beside the whole of P3–P4 the last two A warps prepare the next chunk (prep); the
+      //     others (warps 0 .. NW − 3) meet at barrier kBarL.
+      //   update: warps 2 .. NW − 3 subtract L Yᵀ (rank 8) from the trailing square (lower
+      //     triangle and diagonal blocks: what later panels read), while warps 0–1 solve Z's rows
+      //     r0 .. r0 + 7, a thread per column (lower_solve_block), z_s = W̃_s − Σ_{j<s} L(s, j) z_j
+      //     in j order, the forward substitution's order.
+      // Run 9's kernel did the 32 pivots with full 32-wide rows through shared memory (10.8 k
+      // cycles per chunk) and then Z on two warps (5.7 k).
 #if VLA_CUDA_CHUNKED_PROFILE
       const long long own0_ = clock64();
 #endif
-      if (warp == 0) {
-        // Gaussian elimination, right-looking and fully unrolled, lane i holding row i of Ĝ (both
-        // triangles) in registers, and with no branches in the loop. At step j every lane i ≥ j
-        // stores its current row i over Gt's row i (predicated 16-byte stores; rows < j are final
-        // and never stored again, so no lane overwrites a row that another lane is still reading),
-        // then every lane reads row j (the Schur complement's row j, by symmetry also column j) in
-        // 16-byte broadcasts and updates its own row with one FMA per entry; lane i's own entry j
-        // gives L(i, j) = G(i, j)/D_j. (Measured per 32-token chunk, warp 0 alone: taking row j by
-        // shuffles 16.3 k cycles, by a store from lane j alone behind a branch 10.5–11.1 k.)
-        float gr[C];
+      static_assert(C % 8 == 0 && C <= 32, "vla: the blocked LDLt takes one row per lane");
+      constexpr int kLdlWarps = NW - 2, kLdlThreads = 32 * kLdlWarps;  // warps 0 .. NW − 3
+      static_assert(kLdlWarps >= 3, "vla: the blocked LDLt needs a panel warp, Z warps and update warps");
 #pragma unroll
-        for (int m = 0; m < C; ++m) gr[m] = lane < C ? Gt[m * LC + lane] : 0.f;
-        float myd = 1.f;
-        __syncwarp();  // every lane has read its column before rows are stored over the matrix
-#pragma unroll
-        for (int j = 0; j < C; ++j) {
-          if (lane >= j && lane < C)
-#pragma unroll
-            for (int q = j / 4; q < C / 4; ++q)
-              st4(Gt + lane * LC + 4 * q, make_float4(gr[4 * q], gr[4 * q + 1], gr[4 * q + 2], gr[4 * q + 3]));
-          __syncwarp();
-          const float* const row = Gt + j * LC;
-          const float d = rules::sm_denominator<float>(row[j], p.stab_eps);
-          float rd;
-          asm("rcp.approx.f32 %0, %1;\n" : "=f"(rd) : "f"(d));  // MUFU.RCP, ≤ 1 ulp, no branch
-          const float lij = gr[j] * rd;  // L(i, j) for this lane i > j
-#pragma unroll
-          for (int q = (j + 1) / 4; q < C / 4; ++q) {
-            const float4 v = ld4(row + 4 * q);
-            if (4 * q + 0 > j) gr[4 * q + 0] = fmaf(-lij, v.x, gr[4 * q + 0]);
-            if (4 * q + 1 > j) gr[4 * q + 1] = fmaf(-lij, v.y, gr[4 * q + 1]);
-            if (4 * q + 2 > j) gr[4 * q + 2] = fmaf(-lij, v.z, gr[4 * q + 2]);
-            if (4 * q + 3 > j) gr[4 * q + 3] = fmaf(-lij, v.w, gr[4 * q + 3]);
-          }
-          gr[j] = lane > j ? lij : gr[j];
-          myd = lane == j ? d : myd;
-        }
-        if (lane < C) {
-          Dp[lane] = myd;
-          float r;
-          asm("rcp.approx.f32 %0, %1;\n" : "=f"(r) : "f"(myd));  // the same bits as above
-          Di[lane] = r;
-        }
-        __syncwarp();  // every lane has read its row of Ĝ before any lane writes L over it
-        if (lane < C)
-#pragma unroll
-          for (int m = 0; m < C; ++m) Gt[lane * LC + m] = gr[m];  // L row-major now: row i, m < i
-      } else if (c + 1 < nchunks) {
-        prep(c + 1, b ^ 1, phase_next, Prep::u_rows);  // the next chunk's Û, beside the LDLᵀ
-      }
+      for (int kb = 0; kb < C / 8; ++kb) {
+        if (warp >= kLdlWarps) break;  // (uniform per warp; the loop unrolls)
+        const int r0 = 8 * kb;
+        if (warp == 0) {
 #if VLA_CUDA_CHUNKED_PROFILE
-      if ((tid == 0 || tid == 32) && blockIdx.x == 0) prof_[tid == 0 ? 9 : 10] += clock64() - own0_;
+          const long long pan0_ = clock64();
 #endif
-      VLA_SYNC_A();
-      VLA_CHUNKED_PHASE(3);
-
-      // P4: Z = L⁻¹ W̃, one thread per column (row s of L read in 16-byte broadcasts), by warps 0–1;
-      // warps 2 .. NW − 1 meanwhile normalise the next chunk's K̂ rows.
-      if (warp >= 2 && c + 1 < nchunks) prep(c + 1, b ^ 1, phase_next, Prep::k_rows);
-      for (int col = rt; warp < 2 && col < DK; col += 64) {
-        float zc[C];
-        unit_lower_solve<C, LC>(
-            Gt, [&](int s) { return X[s * LK + col]; }, zc, [&](int s, float w) { Zm[s * LK + col] = w; });
+          const bool mine = lane >= r0 && lane < C;
+          float pv[8];
+          {
+            const float4 x0 = mine ? ld4(Gt + lane * LC + r0) : make_float4(0.f, 0.f, 0.f, 0.f);
+            const float4 x1 = mine ? ld4(Gt + lane * LC + r0 + 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+            pv[0] = x0.x, pv[1] = x0.y, pv[2] = x0.z, pv[3] = x0.w, pv[4] = x1.x, pv[5] = x1.y, pv[6] = x1.z, pv[7] = x1.w;
+          }
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float piv = __shfl_sync(0xffffffffu, pv[j], r0 + j);
+            const float d = rules::sm_denominator<float>(piv, p.stab_eps);
+            float rd;
+            asm("rcp.approx.f32 %0, %1;\n" : "=f"(rd) : "f"(d));  // MUFU.RCP, ≤ 1 ulp, no branch
+            const bool below = lane > r0 + j && lane < C;
+            const float y = pv[j];
+            const float lij = y * rd;
+#pragma unroll
+            for (int m = j + 1; m < 8; ++m) {
+              const float rowv = __shfl_sync(0xffffffffu, pv[m], r0 + j);
+              if (below) pv[m] = fmaf(-lij, rowv, pv[m]);
+            }
+            if (lane >= r0 + 8 && lane < C) Gt[(r0 + j) * LC + lane] = y;
+            if (below) pv[j] = lij;
+            if (lane == r0 + j) {
+              Dp[r0 + j] = d;
+              Di[r0 + j] = rd;
+            }
+          }
+          if (mine) {
+            st4(Gt + lane * LC + r0, make_float4(pv[0], pv[1], pv[2], pv[3]));
+            st4(Gt + lane * LC + r0 + 4, make_float4(pv[4], pv[5], pv[6], pv[7]));
+          }
+#if VLA_CUDA_CHUNKED_PROFILE
+          if (tid == 0 && blockIdx.x == 0) prof_[10] += clock64() - pan0_;
+#endif
+        }
+        named_sync(L::kBarL, kLdlThreads);
+        if (warp < 2) {
+          for (int col = rt; col < DK; col += 64)
+            lower_solve_block<1, LC, LK>(Gt, r0, [&](int s) { return X[s * LK + col]; }, Zm, col, 0);
+        } else if (kb + 1 < C / 8) {
+          constexpr int kUpd = kLdlThreads - 64;  // the updating threads (warps 2 .. NW − 3)
+          const int nt = C - r0 - 8, e0 = rt - 64;
+          for (int e = e0; e < nt * nt; e += kUpd) {
+            const int i = r0 + 8 + e / nt, jj = r0 + 8 + e % nt;
+            if (jj > i && (jj >> 3) != (i >> 3)) continue;  // above the diagonal blocks: never read
+            const float4 la = ld4(Gt + i * LC + r0), lb = ld4(Gt + i * LC + r0 + 4);
+            const float* const yc = Gt + r0 * LC + jj;  // Y(jj, m) at (r0 + m, jj)
+            float g = Gt[i * LC + jj];
+            g = fmaf(-la.x, yc[0 * LC], g);
+            g = fmaf(-la.y, yc[1 * LC], g);
+            g = fmaf(-la.z, yc[2 * LC], g);
+            g = fmaf(-la.w, yc[3 * LC], g);
+            g = fmaf(-lb.x, yc[4 * LC], g);
+            g = fmaf(-lb.y, yc[5 * LC], g);
+            g = fmaf(-lb.z, yc[6 * LC], g);
+            g = fmaf(-lb.w, yc[7 * LC], g);
+            Gt[i * LC + jj] = g;
+          }
+        }
+        named_sync(L::kBarL, kLdlThreads);
       }
+      if (warp >= kLdlWarps && c + 1 < nchunks) prep(c + 1, b ^ 1, phase_next, Prep::next);
       VLA_SYNC_A();
-      if (c + 2 < nchunks) stage(c + 2);  // the stage has been read
+#if VLA_CUDA_CHUNKED_PROFILE
+      if (tid == 0 && blockIdx.x == 0) prof_[9] += clock64() - own0_;
+#endif
+      VLA_CHUNKED_PHASE(3);
+      if (c + 2 < nchunks) stage(c + 2);  // the stage has been read (the next chunk's rows are done)
       cp_async_commit();
       VLA_CHUNKED_PHASE(4);
 
@@ -651,7 +695,8 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       const In* const sk = st;
       const In* const sq = st + C * DK;
       const In* const sv = st + 2 * C * DK;
-      unit_rows<In, C / NW, DK, LK>(sk, Kh, warp * (C / NW), n, 1.f, nullptr, lane);
+      if (warp == NW - 1 && lane < C)  // a row per lane of one warp; the A warps' code, so K̂'s bits agree
+        unit_row_thread<In, DK>(sk + lane * DK, lane < n, 1.f, Kh + lane * LK);
       for (int i = rt; i < C * DK; i += NTR) {
         const int row = i / DK, col = i % DK;
         Qs[row * LK + col] = row < n ? to_float(sq[i]) : 0.f;
@@ -684,7 +729,13 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
         s = group_sum<32>(s);
         if (lane == 0) ZQ[row] = s;
       }
+#if VLA_CUDA_CHUNKED_PROFILE
+      const long long wait0_ = clock64();
+#endif
       chunk_handover<>();  // α̂ of chunk c is in the ring (and every S warp is past P2s)
+#if VLA_CUDA_CHUNKED_PROFILE
+      if (tid == NTR && blockIdx.x == 0) prof_[11] += clock64() - wait0_;  // the S warps' wait for α̂
+#endif
 
       // P8: L_k = tril₋(K̂ Α̂ᵀ), QA = tril(Q Α̂ᵀ), in one product (K̂ and Q are consecutive rows).
       product<kSplitS, DK>(Operand{Kh, LK, 1}, Operand{Ah, 1, LK}, 2 * C, C, warp, NW, lane, [&](int r, int col, float v) {
@@ -695,13 +746,17 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       });
       VLA_SYNC_S();
 
-      // P9: (I + L_k) E = V − K̂ Sᵀ, one thread per column.
-      for (int col = rt; col < DV; col += NTR) {
-        float ec[C];
-        unit_lower_solve<C, LC>(
-            Lk, [&](int s) { return Vs[s * LV + col] - KSQ[s * LV + col]; }, ec, [](int, float) {});
-#pragma unroll
-        for (int s = 0; s < C; ++s) E[s * LV + col] = ec[s];
+      // P9: (I + L_k) E = V − K̂ Sᵀ, G lanes per column (4 for dv ≤ 64), in blocks of 8 rows.
+      {
+        constexpr int G = 4 * DV <= NTR ? 4 : 2 * DV <= NTR ? 2 : 1, kCols = NTR / G;
+        static_assert(DV % kCols == 0 || DV < kCols, "vla: whole warps per column group");
+        for (int col = rt / G; col < DV; col += kCols)
+#pragma unroll 1
+          for (int r0 = 0; r0 < C; r0 += 8) {
+            lower_solve_block<G, LC, LV>(
+                Lk, r0, [&](int s) { return Vs[s * LV + col] - KSQ[s * LV + col]; }, E, col, rt % G);
+            __syncwarp();
+          }
       }
       VLA_SYNC_S();
 
@@ -765,16 +820,16 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     }
   }
 #if VLA_CUDA_CHUNKED_PROFILE
+  if (tid == NTR && blockIdx.x == 0 && nchunks > 0)
+    printf("chunked profile: the S warps wait %lld cycles per chunk for alpha-hat\n", prof_[11] / nchunks);
   if (tid == 0 && blockIdx.x == 0 && nchunks > 0) {
     long long tot = 0;
-    for (int i = 0; i < 8; ++i) tot += prof_[i];
-    for (int i = 8; i < 9; ++i) tot += prof_[i];
-    printf("chunked profile (CTA 0, A warps, %lld chunks), cycles per chunk:", (long long)nchunks);
-    for (int i = 0; i < 9; ++i) printf(" P%d %lld", i, prof_[i] / nchunks);
-    printf(" | total %lld | warp 0's own LDLt %lld\n", tot / nchunks, prof_[9] / nchunks);
+    for (int i = 0; i < 9; ++i) tot += prof_[i];
+    const long long n = nchunks;
+    printf("chunked profile (CTA 0, A warps, %lld chunks), cycles per chunk: X=[U;K]A %lld, G %lld, "
+           "blocked LDLt+Z %lld (panels %lld), P+A update %lld, Alpha %lld, alpha-hat+hand-over %lld | total %lld\n",
+           n, prof_[2] / n, prof_[8] / n, prof_[3] / n, prof_[10] / n, prof_[5] / n, prof_[6] / n, prof_[7] / n, tot / n);
   }
-  if (tid == 32 && blockIdx.x == 0 && nchunks > 0)
-    printf("chunked profile: warp 1's own P1a of the next chunk %lld cycles per chunk\n", prof_[10] / nchunks);
 #endif
 }
 

@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "vla/cuda/detail/chunked_kernel.cuh"  // warp_unit_factors: the same û as every kernel
+#include "vla/cuda/detail/chunked_kernel.cuh"  // warp_unit_factors (the chunked kernel itself now normalises a row per thread: the same rule, rounding may differ by an ulp)
 #include "vla/cuda/detail/device_util.cuh"
 #include "vla/detail/rules.hpp"
 
