@@ -504,9 +504,6 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       //     in j order, the forward substitution's order.
       // Run 9's kernel did the 32 pivots with full 32-wide rows through shared memory (10.8 k
       // cycles per chunk) and then Z on two warps (5.7 k).
-#if VLA_CUDA_CHUNKED_PROFILE
-      const long long own0_ = clock64();
-#endif
       static_assert(C % 8 == 0 && C <= 32, "vla: the blocked LDLt takes one row per lane");
       constexpr int kLdlWarps = NW - 2, kLdlThreads = 32 * kLdlWarps;  // warps 0 .. NW − 3
       static_assert(kLdlWarps >= 3, "vla: the blocked LDLt needs a panel warp, Z warps and update warps");
@@ -582,10 +579,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       }
       if (warp >= kLdlWarps && c + 1 < nchunks) prep(c + 1, b ^ 1, phase_next, Prep::next);
       VLA_SYNC_A();
-#if VLA_CUDA_CHUNKED_PROFILE
-      if (tid == 0 && blockIdx.x == 0) prof_[9] += clock64() - own0_;
-#endif
-      VLA_CHUNKED_PHASE(3);
+      VLA_CHUNKED_PHASE(3);  // the whole of P3–P4 (prof_[10]: warp 0's panels within it)
       if (c + 2 < nchunks) stage(c + 2);  // the stage has been read (the next chunk's rows are done)
       cp_async_commit();
       VLA_CHUNKED_PHASE(4);
