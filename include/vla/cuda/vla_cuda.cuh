@@ -4,6 +4,7 @@
 //   vla::cuda::Status st = vla::forward<vla::backend::Cuda>(args, cfg, stream);      // VLA
 //   st = vla::forward<vla::backend::Cuda, vla::op::DeltaNet>(args, cfg, stream);     // a baseline
 //   st = vla::cuda::decode_step<vla::op::Vla>(decode_args, cfg, stream);            // T = 1, in place
+//   vla::cuda::DeviceStates::create(slots, H, dk, dv, cfg, stream, pool);             // a fresh state pool
 //
 // See docs/cuda.md for a runnable example and vla/cuda/README.md for how the kernel works.
 #pragma once
@@ -12,6 +13,7 @@
 #include "vla/cuda/decode.cuh"
 #include "vla/cuda/forward.cuh"
 #include "vla/cuda/instances.cuh"
+#include "vla/cuda/states.cuh"
 #include "vla/cuda/status.cuh"
 
 // With VLA_CUDA_EXTERN_INSTANCES defined, the kernels come from a library that instantiated them
