@@ -21,8 +21,12 @@ struct Status {
 
   static Status success() { return {}; }
   static Status invalid(std::string what) { return {cudaErrorInvalidValue, std::move(what)}; }
+  /// The error `e` of a runtime call, named with `where`. It is also taken out of the runtime's
+  /// last-error slot (cudaGetLastError), so that a reported, non-sticky error such as a failed
+  /// allocation does not come back as the launch error of the next, healthy call.
   static Status from_cuda(cudaError_t e, const char* where) {
     if (e == cudaSuccess) return {};
+    (void)cudaGetLastError();
     return {e, std::string(where) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")"};
   }
 };
