@@ -64,6 +64,21 @@ TEST_CASE("cuda validation: config and arguments", "[cuda][validation]") {
   auto e = a;
   e.q = reinterpret_cast<const __nv_bfloat16*>(reinterpret_cast<std::uintptr_t>(a.q) + 2);
   CHECK(mentions(vla::forward<vla::backend::Cuda>(e, vla::Config{}, cudaStream_t{}), "16-byte aligned"));
+  // Null and misaligned device pointers (issue 13's faults): refused by name before any launch.
+  auto f = a;
+  f.q = nullptr;
+  CHECK(mentions(vla::forward<vla::backend::Cuda>(f, vla::Config{}, cudaStream_t{}), "q, k, v and o are required"));
+  f = a;
+  f.o = nullptr;
+  CHECK(mentions(vla::forward<vla::backend::Cuda>(f, vla::Config{}, cudaStream_t{}), "q, k, v and o are required"));
+  f = a;
+  f.final_state = {fake<float>(9), fake<float>(10), fake<float>(11), fake<std::int64_t>(12)};
+  f.final_state.S = reinterpret_cast<float*>(reinterpret_cast<std::uintptr_t>(f.final_state.S) + 4);
+  CHECK(mentions(vla::forward<vla::backend::Cuda>(f, vla::Config{}, cudaStream_t{}), "16-byte aligned"));
+  f = a;
+  f.initial_state = {fake<const float>(9), fake<const float>(10), fake<const float>(11), fake<const std::int64_t>(12)};
+  f.initial_state.A = reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(f.initial_state.A) + 8);
+  CHECK(mentions(vla::forward<vla::backend::Cuda>(f, vla::Config{}, cudaStream_t{}), "16-byte aligned"));
 }
 
 TEST_CASE("cuda validation: cu_seqlens checked on the host", "[cuda][validation]") {
@@ -90,6 +105,13 @@ TEST_CASE("cuda validation: decode step", "[cuda][validation]") {
   d.state = {fake<float>(6), fake<float>(7), fake<float>(8), fake<std::int64_t>(9)};
   d.pool_size = 2;
   CHECK(mentions(vla::cuda::decode_step<vla::op::Vla>(d, vla::Config{}, cudaStream_t{}), "pool_size"));
+  d.pool_size = 0;
+  d.state.z = reinterpret_cast<float*>(reinterpret_cast<std::uintptr_t>(d.state.z) + 4);
+  CHECK(mentions(vla::cuda::decode_step<vla::op::Vla>(d, vla::Config{}, cudaStream_t{}), "16-byte aligned"));
+  d.state.z = fake<float>(8);
+  d.q = nullptr;
+  CHECK(mentions(vla::cuda::decode_step<vla::op::Vla>(d, vla::Config{}, cudaStream_t{}), "q, k, v and o are required"));
+  d.q = fake<const float>(1);
   d.dv = 96;
   CHECK(mentions(vla::cuda::decode_step<vla::op::Vla>(d, vla::Config{}, cudaStream_t{}), "unsupported head dims"));
 }
