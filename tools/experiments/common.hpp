@@ -262,5 +262,6 @@ void run_adversarial(const Options& o);
 void run_jacobian(const Options& o);
 void run_recall(const Options& o);
 void run_time_split(const Options& opt);
+void run_soak(const Options& opt);
 
 }  // namespace vlaexp

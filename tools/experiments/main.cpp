@@ -1,6 +1,6 @@
 // vla_experiments: reproduces and stresses the paper's claims (docs/experiments.md).
 //
-//   vla_experiments [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall|time_split]...
+//   vla_experiments [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall|time_split|soak]...
 //
 // Writes CSVs to DIR (default docs/figures) and Markdown tables to DIR/tables/. Every random
 // number comes from fixed seeds, so a rerun reproduces the files (on the same build).
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
     else if (a == "--scale")
       opt.scale = std::atof(value().c_str());
     else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall|time_split]...\n",
+      std::printf("usage: %s [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall|time_split|soak]...\n",
                   argv[0]);
       return 0;
     } else
@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
       {"adversarial", vlaexp::run_adversarial},
       {"jacobian", vlaexp::run_jacobian},
       {"recall", vlaexp::run_recall},
-      {"time_split", vlaexp::run_time_split}};
+      {"time_split", vlaexp::run_time_split},
+      {"soak", vlaexp::run_soak}};
   for (const auto& w : which) {
     bool found = false;
     for (const auto& [name, fn] : all)
