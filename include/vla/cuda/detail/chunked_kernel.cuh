@@ -272,20 +272,24 @@ struct ChunkedLayout {
   static constexpr std::size_t stageS_offset = stageA_offset + (stageA_elems * sizeof(In) + 15) / 16 * 16;
   static constexpr std::size_t bytes = stageS_offset + stageS_elems * sizeof(In);
   // named barriers (0 is __syncthreads)
-  static constexpr int kBarA = 1, kBarS = 2;  // named barriers of one role (0: the whole CTA, chunk_handover)
+  static constexpr int kBarA = 1, kBarS = 2;  // named barriers of one role
   static constexpr int kBarL = 3;             // the A warps that run the blocked LDLᵀ (P3–P4)
+  static constexpr int kBarH = 4;             // all NT threads: the hand-over (chunk_handover)
   static_assert(DK % 16 == 0 && DV % 16 == 0, "vla: chunked kernel head dims must be multiples of 16");
   static_assert(2 * C % NWR == 0 && C % NWR == 0, "vla: rows per warp");
 };
 
 
-/// The hand-over of a chunk's α̂ between the roles: barrier 0 of the whole CTA. One function that
-/// both roles call, so that the barrier is one instruction (one PC) as the CUDA model asks of a
-/// __syncthreads; bar.sync itself counts arrivals by barrier id wherever they come from.
-/// (A template only so that a header-only library may define it in every translation unit.)
-template <int = 0>
-__device__ __noinline__ void chunk_handover() {
-  __syncthreads();
+/// The hand-over of a chunk's α̂ between the roles: named barrier kBarH of all NT threads, which the
+/// A warps reach at one instruction and the S warps at another. Neither `__syncthreads` nor
+/// `bar.sync` (= barrier.sync.aligned): the CUDA model and the PTX ISA define those only where
+/// every thread reaches the same instruction under the same condition, and compute-sanitizer's
+/// synccheck reports both here ("divergent thread(s) in block"; docs/cuda.md, "Checked by
+/// compute-sanitizer"). `barrier.sync` without .aligned is the barrier defined for threads that
+/// arrive from different code; every thread of both roles arrives once per chunk.
+template <class Layout>
+__device__ __forceinline__ void chunk_handover() {
+  named_sync_divergent(Layout::kBarH, Layout::NT);
 }
 
 /// Copies rows [0, n) of a chunk (from token index `tok`) of up to three token arrays, each
@@ -651,10 +655,10 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
           for (int i = 0; i < DK / 32; ++i) Ah[(warp * J + r) * LK + lane + 32 * i] = x[r][i] * g;
         }
       }
-      // The hand-over (chunk_handover: barrier 0 of the whole CTA, both roles). The S warps
+      // The hand-over (chunk_handover: barrier kBarH of the whole CTA, both roles). The S warps
       // reach it once they are done with chunk c − 1, so the slot the A warps fill next (chunk
       // c + 1's) was last read two hand-overs ago: two slots need no "empty" barrier.
-      chunk_handover<>();
+      chunk_handover<L>();
       VLA_CHUNKED_PHASE(7);
       steps += n;
       phase = phase_next;
@@ -726,7 +730,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
 #if VLA_CUDA_CHUNKED_PROFILE
       const long long wait0_ = clock64();
 #endif
-      chunk_handover<>();  // α̂ of chunk c is in the ring (and every S warp is past P2s)
+      chunk_handover<L>();  // α̂ of chunk c is in the ring (and every S warp is past P2s)
 #if VLA_CUDA_CHUNKED_PROFILE
       if (tid == NTR && blockIdx.x == 0) prof_[11] += clock64() - wait0_;  // the S warps' wait for α̂
 #endif

@@ -200,8 +200,15 @@ __device__ __forceinline__ void store16(In* dst, const float* src) {
   *reinterpret_cast<uint4*>(dst) = pack.u;
 }
 
+/// Named barrier `id` of `threads` threads, all reaching it at this one instruction (bar.sync is
+/// barrier.sync.aligned: the PTX ISA asks that every participating thread execute the same one).
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+/// The same barrier for threads that reach it at different instructions — two roles' branches
+/// (warp specialisation): barrier.sync without .aligned, which the PTX ISA defines for that.
+__device__ __forceinline__ void named_sync_divergent(int id, int threads) {
+  asm volatile("barrier.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
   acc = fmaf(a.x, b.x, acc);
