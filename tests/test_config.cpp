@@ -1,7 +1,7 @@
 // Config: docs/maths.md's defaults, and validate() naming each bad field.
 #include <limits>
 
-#include "support.hpp"
+#include "batch.hpp"
 
 TEST_CASE("Config defaults are docs/maths.md's (section 2)", "[config]") {
   const vla::Config c;
@@ -85,4 +85,29 @@ TEST_CASE("Every state constructor validates its Config", "[config][invalid]") {
   CHECK_THROWS_AS(vla::DeltaNetState<float>(3, 0), std::invalid_argument);
   CHECK_THROWS_AS(vla::PenaltyInverse<double>(0, 0.1), std::invalid_argument);
   CHECK_THROWS_AS(vla::PenaltyInverse<double>(3, 0.0), std::invalid_argument);
+}
+
+// Config fields are double; a float state rounds them once (Config::validate_for<float>). A
+// refresh_eps that is finite in double but beyond FLT_MAX becomes +inf in float, and the first
+// refresh would add inf to A's diagonal: float states (and the float forward) must refuse it, by
+// name, while double ones accept it. FLT_MAX itself still rounds to a finite float.
+TEST_CASE("a refresh_eps finite in double but overflowing float is rejected by float states only", "[config][invalid]") {
+  for (double big : {1e300, 3.5e38}) {
+    INFO("refresh_eps = " << big);
+    vla::Config c;
+    c.refresh_eps = big;
+    REQUIRE_NOTHROW(c.validate());
+    CHECK_NOTHROW(c.validate_for<double>());
+    CHECK_NOTHROW(vla::VlaState<double>(4, 3, c));
+    CHECK_THROWS_WITH(c.validate_for<float>(), Catch::Contains("refresh_eps"));
+    CHECK_THROWS_WITH((vla::VlaState<float>(4, 3, c)), Catch::Contains("refresh_eps"));
+    // The batched float forward refuses it before writing anything.
+    vt::Batch<float> b = vt::random_batch<float>(1, 25, 1, 4, 3, 5);
+    const std::vector<float> o0 = b.o;
+    CHECK_THROWS_WITH(vla::forward<vla::backend::Cpu>(b.args(), c), Catch::Contains("refresh_eps"));
+    CHECK(vt::bitwise_equal(b.o, o0));
+  }
+  vla::Config edge;
+  edge.refresh_eps = double(std::numeric_limits<float>::max());
+  CHECK_NOTHROW(edge.validate_for<float>());
 }

@@ -226,10 +226,140 @@ TEMPLATE_TEST_CASE("a zero-length forward writes the initial (or fresh) state ou
   a.final_state = fin2.out();
   vla::forward<vla::backend::Cpu>(a, cfg, vla::CpuOptions{2});
   for (std::int64_t p = 0; p < 4; ++p) CHECK(vt::same_snapshot(fin2.get(p), init.get(p)));
-  // batch = 0 is a valid no-op.
-  auto e = b.args();
-  e.batch = 0;
-  CHECK_NOTHROW(vla::forward<vla::backend::Cpu>(e, cfg));
+  // batch = 0 is a valid no-op: nothing is written. The buffers behind it are real and poisoned (o
+  // from a T = 6 batch, a final state of sentinels), so a write anywhere would show, bit for bit.
+  Batch<TestType> big = vt::random_batch<TestType>(2, 6, 2, 5, 3, 10);
+  const std::vector<TestType> o0 = big.o;
+  StateBuf<TestType> fin3(4, 5, 3);
+  const StateBuf<TestType> fin30 = fin3;
+  auto nothing_written = [&] {
+    return vt::bitwise_equal(big.o, o0) && vt::bitwise_equal(fin3.A, fin30.A) && vt::bitwise_equal(fin3.S, fin30.S) &&
+           vt::bitwise_equal(fin3.z, fin30.z) && fin3.steps == fin30.steps;
+  };
+  for (int threads : {1, 2}) {
+    INFO("threads " << threads);
+    for (bool with_init : {false, true}) {
+      INFO("initial state " << with_init);
+      for (vla::Path path : {vla::Path::recurrent, vla::Path::chunked}) {
+        auto e = big.args();
+        e.batch = 0;
+        e.final_state = fin3.out();
+        if (with_init) e.initial_state = init.in();
+        vla::CpuOptions opt{threads};
+        opt.path = path;
+        CHECK_NOTHROW(vla::forward<vla::backend::Cpu>(e, cfg, opt));
+        CHECK(nothing_written());
+        std::vector<std::int64_t> cu0 = {0};  // varlen with no sequences
+        e.cu_seqlens = cu0.data();
+        CHECK_NOTHROW(vla::forward<vla::backend::Cpu>(e, cfg, opt));
+        CHECK(nothing_written());
+      }
+      // The baselines too.
+      auto e = big.args();
+      e.batch = 0;
+      e.final_state = {nullptr, fin3.S.data(), fin3.z.data(), nullptr};
+      if (with_init) e.initial_state = {nullptr, init.S.data(), init.z.data(), nullptr};
+      CHECK_NOTHROW(vla::linear_attention_forward<vla::backend::Cpu>(e, cfg, vla::CpuOptions{threads}));
+      CHECK(nothing_written());
+      e.final_state.z = nullptr;
+      e.initial_state.z = nullptr;
+      CHECK_NOTHROW(vla::deltanet_forward<vla::backend::Cpu>(e, cfg, vla::CpuOptions{threads}));
+      CHECK(nothing_written());
+    }
+  }
+  // seq_len = 0 with batch > 0: o (here a real, poisoned buffer) is not touched either.
+  auto e = big.args();
+  e.seq_len = 0;
+  e.final_state = fin3.out();
+  vla::forward<vla::backend::Cpu>(e, cfg);
+  CHECK(vt::bitwise_equal(big.o, o0));
+  for (std::int64_t p = 0; p < 4; ++p) CHECK(vt::same_snapshot(fin3.get(p), fresh.save()));
+}
+
+// README / layout.hpp: the final state may alias the initial state — one buffer set updated in place
+// (a decode loop). Every op and path, several threads, a varlen batch with an empty sequence: the
+// in-place run must equal the run into separate buffers bit for bit (outputs and state), and a
+// decode loop of T one-token in-place calls must equal one T-token call.
+TEMPLATE_TEST_CASE("the final state may alias the initial state (in-place decode)", "[forward][streaming]", float,
+                   double) {
+  vla::Config cfg;
+  cfg.refresh_period = 7;
+  const int dk = 9, dv = 5;
+  const std::vector<std::int64_t> cu = {0, 23, 23, 70, 71};
+  const std::int64_t H = 2, P = 4 * H;
+  const StateBuf<TestType> init = warm_states<TestType>(P, dk, dv, cfg, 120);
+  enum class Op { Vla, LinearAttention, DeltaNet };
+  for (Op op : {Op::Vla, Op::LinearAttention, Op::DeltaNet}) {
+    for (vla::Path path : {vla::Path::recurrent, vla::Path::chunked}) {
+      if (op == Op::LinearAttention && path == vla::Path::chunked) continue;  // no chunked linear attention
+      for (int threads : {1, 3}) {
+        INFO("op " << int(op) << " path " << (path == vla::Path::chunked ? "chunked" : "recurrent") << " threads "
+                   << threads);
+        vla::CpuOptions opt{threads};
+        opt.path = path;
+        opt.chunk = 8;
+        // Which state parts the op uses (the others stay null).
+        auto parts_in = [&](const StateBuf<TestType>& sb) {
+          vla::StateBuffers<const TestType> x = sb.in();
+          if (op != Op::Vla) x.A = nullptr, x.steps = nullptr;
+          if (op == Op::DeltaNet) x.z = nullptr;
+          return x;
+        };
+        auto parts_out = [&](StateBuf<TestType>& sb) {
+          vla::StateBuffers<TestType> x = sb.out();
+          if (op != Op::Vla) x.A = nullptr, x.steps = nullptr;
+          if (op == Op::DeltaNet) x.z = nullptr;
+          return x;
+        };
+        auto run = [&](vla::ForwardArgs<TestType> a) {
+          if (op == Op::Vla) vla::forward<vla::backend::Cpu>(a, cfg, opt);
+          if (op == Op::LinearAttention) vla::linear_attention_forward<vla::backend::Cpu>(a, cfg, opt);
+          if (op == Op::DeltaNet) vla::deltanet_forward<vla::backend::Cpu>(a, cfg, opt);
+        };
+        Batch<TestType> sep = vt::random_batch<TestType>(4, 0, H, dk, dv, 130, cu);
+        Batch<TestType> inp = sep;
+        StateBuf<TestType> fin(P, dk, dv), buf = init;
+        auto a = sep.args();
+        a.initial_state = parts_in(init);
+        a.final_state = parts_out(fin);
+        run(a);
+        auto b = inp.args();
+        b.initial_state = parts_in(buf);
+        b.final_state = parts_out(buf);  // the same buffers
+        run(b);
+        CHECK(vt::bitwise_equal(inp.o, sep.o));
+        CHECK(vt::bitwise_equal(buf.S, fin.S));
+        if (op != Op::DeltaNet) CHECK(vt::bitwise_equal(buf.z, fin.z));
+        if (op == Op::Vla) {
+          CHECK(vt::bitwise_equal(buf.A, fin.A));
+          CHECK(buf.steps == fin.steps);
+        }
+        // The empty sequence (index 1) keeps its initial state in place.
+        CHECK(vt::bitwise_equal(buf.get_S(1 * H), init.get_S(1 * H)));
+      }
+    }
+  }
+  // Decode: T one-token in-place calls on one buffer set equal one T-token call (VLA, 2 heads).
+  const std::int64_t T = 30;
+  Batch<TestType> whole = vt::random_batch<TestType>(1, T, H, dk, dv, 140);
+  StateBuf<TestType> fin(H, dk, dv), buf(H, dk, dv);
+  for (std::int64_t p = 0; p < H; ++p) buf.put(p, init.get(p));
+  auto a = whole.args();
+  a.initial_state = buf.in();
+  a.final_state = fin.out();
+  vla::forward<vla::backend::Cpu>(a, cfg, vla::CpuOptions{2});
+  std::vector<TestType> o(std::size_t(H * dv));
+  for (std::int64_t t = 0; t < T; ++t) {
+    vla::ForwardArgs<TestType> d;
+    d.batch = 1, d.seq_len = 1, d.heads = H, d.dk = dk, d.dv = dv;
+    d.q = whole.q.data() + t * H * dk, d.k = whole.k.data() + t * H * dk, d.u = whole.u.data() + t * H * dk;
+    d.v = whole.v.data() + t * H * dv, d.o = o.data();
+    d.initial_state = buf.in(), d.final_state = buf.out();
+    vla::forward<vla::backend::Cpu>(d, cfg, vla::CpuOptions{2});
+    INFO("decode step " << t);
+    REQUIRE(vt::bitwise_equal(o, std::vector<TestType>(whole.o.begin() + t * H * dv, whole.o.begin() + (t + 1) * H * dv)));
+  }
+  for (std::int64_t p = 0; p < H; ++p) CHECK(vt::same_snapshot(buf.get(p), fin.get(p)));
 }
 
 // ---- Streaming (docs/maths.md §3)

@@ -419,3 +419,53 @@ TEST_CASE("forward's messages name the argument, the token, the head and the ele
   dn.b.beta[std::size_t(4 * 2 + 1)] = 2.f;
   CHECK_THROWS_WITH((run_op<vla::op::DeltaNet>(dn.b.args(), cfg, 1)), Catch::Contains("beta must be in (0, 1] (token 4, head 1)"));
 }
+
+// detail::require_finite_buffer scans in blocks of 4096 values (an integer OR over each block, then a
+// search of a flagged block). The fixture above holds ~150 values per buffer (one block), with NaNs
+// only at its ends, so a scan that skipped or misplaced later blocks would pass it. Here every
+// buffer spans five blocks (17,600 values: T = 1100, H = 2, d = 8; the last block partial) and one
+// non-finite value is planted alone in block 1, at the start of block 2, in block 3 and at the
+// very end; the message must name its flat index, and o and the final state must stay untouched.
+TEMPLATE_TEST_CASE("forward finds a lone non-finite value in any 4096-value block of a large buffer",
+                   "[invalid][forward]", float, double) {
+  const std::int64_t T = 1100, H = 2, d = 8;
+  vt::Batch<TestType> b = vt::random_batch<TestType>(1, T, H, d, d, 31);
+  vt::StateBuf<TestType> init(H, d, d), fin(H, d, d);
+  for (std::int64_t p = 0; p < H; ++p) init.put(p, warmed<TestType>(int(d), int(d), 5 + int(p), 40 + unsigned(p)).save());
+  const std::vector<TestType> o0 = b.o;
+  const vt::StateBuf<TestType> fin0 = fin;
+  auto args = [&] {
+    auto a = b.args();
+    a.initial_state = init.in();
+    a.final_state = fin.out();
+    return a;
+  };
+  const std::size_t n = std::size_t(T * H * d);
+  REQUIRE(n > 4 * 4096);
+  const std::size_t positions[] = {4096 + 123, 2 * 4096, 3 * 4096 + 7, n - 1};
+  const char* names[] = {"q", "k", "v", "u"};
+  std::vector<TestType>* bufs[] = {&b.q, &b.k, &b.v, &b.u};
+  for (int which = 0; which < 4; ++which) {
+    REQUIRE(bufs[which]->size() == n);
+    for (std::size_t pos : positions) {
+      for (TestType badv : bad_values<TestType>()) {
+        INFO(names[which] << "[" << pos << "] = " << badv);
+        const TestType keep = (*bufs[which])[pos];
+        (*bufs[which])[pos] = badv;
+        CHECK_THROWS_WITH(run_op<vla::op::Vla>(args(), vla::Config{}, 2),
+                          Catch::Contains(std::string(names[which]) + " has a non-finite entry") &&
+                              Catch::Contains("(flat index " + std::to_string(pos) + ")"));
+        CHECK(vt::bitwise_equal(b.o, o0));
+        CHECK(vt::bitwise_equal(fin.A, fin0.A));
+        CHECK(vt::bitwise_equal(fin.S, fin0.S));
+        CHECK(vt::bitwise_equal(fin.z, fin0.z));
+        CHECK(fin.steps == fin0.steps);
+        (*bufs[which])[pos] = keep;
+      }
+    }
+  }
+  // The clean buffers are accepted and written (so the throws above came from the planted values).
+  CHECK_NOTHROW(run_op<vla::op::Vla>(args(), vla::Config{}, 2));
+  CHECK_FALSE(vt::bitwise_equal(b.o, o0));
+  CHECK(fin.steps[0] == init.steps[0] + T);
+}

@@ -176,13 +176,65 @@ TEMPLATE_TEST_CASE("the refresh falls after every refresh_period-th step, and on
   }
 }
 
+// apply(x) against A x with A computed independently: after updates with directions d_j (used as
+// given, PenaltyInverse does not normalise them), A = (λ0·I + Σ d_j d_jᵀ)⁻¹, formed here by a float64
+// Cholesky solve of M — not from pen.matrix(). Fresh random d and x; both overloads, the in-place one
+// writing into a segment of a larger poisoned vector (its neighbours must stay untouched).
+// Bound: the Sherman–Morrison tolerance sm_tol (cond(M) ≈ 10 here), times ‖A x‖.
 TEMPLATE_TEST_CASE("apply(x) is A x", "[penalty]", float, double) {
-  vla::PenaltyInverse<TestType> pen(6, TestType(0.1));
-  vla::Vector<TestType> d = vla::Vector<TestType>::LinSpaced(6, TestType(-0.2), TestType(0.3));
-  pen.update(d, TestType(1e-4));
-  const vla::Vector<TestType> x = vla::Vector<TestType>::LinSpaced(6, TestType(1), TestType(2));
-  const VecD ax = pen.matrix().template cast<double>() * x.template cast<double>();
-  CHECK((pen.apply(x).template cast<double>() - ax).norm() <= 10 * vt::Tol<TestType>::ref * 1e-3 * ax.norm());
+  using Vec = vla::Vector<TestType>;
+  const int dk = 6;
+  const double lambda0 = 0.1;
+  vla::PenaltyInverse<TestType> pen(dk, TestType(lambda0));
+  MatD m = lambda0 * MatD::Identity(dk, dk);
+  std::mt19937 rng(77);
+  std::normal_distribution<double> n01;
+  for (int j = 0; j < 3; ++j) {
+    Vec d(dk);
+    for (int i = 0; i < dk; ++i) d[i] = TestType(n01(rng) / 3);
+    pen.update(d, TestType(1e-4));
+    const VecD dd = d.template cast<double>();
+    m += dd * dd.transpose();
+  }
+  Vec x(dk);
+  for (int i = 0; i < dk; ++i) x[i] = TestType(n01(rng));
+  const VecD ax = m.llt().solve(x.template cast<double>());  // A x = M⁻¹ x
+  const double err = (pen.apply(x).template cast<double>() - ax).norm() / ax.norm();
+  INFO("apply(x) vs M^-1 x: rel error " << err);
+  CHECK(err <= sm_tol<TestType>());
+  Vec big = Vec::Constant(dk + 4, TestType(-9));
+  pen.apply(x, big.segment(2, dk));
+  CHECK((big.segment(2, dk).template cast<double>() - ax).norm() <= sm_tol<TestType>() * ax.norm());
+  CHECK(big.head(2).isConstant(TestType(-9), 0));
+  CHECK(big.tail(2).isConstant(TestType(-9), 0));
+}
+
+// The estimate's contract (docs/maths.md §6): +inf when A is no longer numerically positive
+// definite — the event the diagnostic exists to catch; a 0 (or any finite value) would read as
+// "perfectly conditioned". A restored without the O(dk³) check may be indefinite with a positive
+// diagonal, so the estimate must detect it itself. condition_exact agrees.
+TEMPLATE_TEST_CASE("condition_estimate is +inf for an A that is not positive definite", "[penalty][cond]", float,
+                   double) {
+  using Mat = vla::Matrix<TestType>;
+  const TestType inf = std::numeric_limits<TestType>::infinity();
+  // Indefinite, positive diagonal: eigenvalues of the [[1, 3], [3, 1]] block are 4 and −2.
+  Mat indefinite = Mat::Identity(4, 4);
+  indefinite(0, 1) = indefinite(1, 0) = TestType(3);
+  // A random SPD matrix shifted so that one eigenvalue is slightly negative (diagonal still positive).
+  const MatD spd = spd_with_condition(8, 100, 5);
+  const double lmin = Eigen::SelfAdjointEigenSolver<MatD>(spd, Eigen::EigenvaluesOnly).eigenvalues().minCoeff();
+  const Mat shifted = (spd - 1.5 * lmin * MatD::Identity(8, 8)).cast<TestType>();
+  for (const Mat& a : {indefinite, shifted}) {
+    REQUIRE((a.diagonal().array() > 0).all());
+    CHECK_THROWS_AS(vla::PenaltyInverse<TestType>(a), std::invalid_argument);  // the full check refuses it
+    const vla::PenaltyInverse<TestType> pen(a, /*check_positive_definite=*/false);
+    for (int it : {1, 20}) {
+      const TestType est = pen.condition_estimate(it);
+      INFO("dk " << a.rows() << ", " << it << " iterations: estimate " << est);
+      CHECK(est == inf);
+    }
+    CHECK(pen.condition_exact() == inf);
+  }
 }
 
 // condition_estimate (default 20 power / inverse-power iterations) against condition_exact and the
