@@ -1,6 +1,7 @@
-// bench/gpu/racecheck_probe.cu — the A-warp → S-warp handoff of the VLA forward kernel
-// (recurrent_kernel.cuh) reduced to its barriers and one shared buffer, for compute-sanitizer
-// racecheck (bench/gpu/profile_gpu.sh). Not part of the library.
+// bench/gpu/racecheck_probe.cu — the A-warp → S-warp hand-overs of the VLA forward kernels
+// (recurrent_kernel.cuh; chunked_kernel.cuh, `probe_chunked` below) reduced to their barriers and
+// shared buffers, for compute-sanitizer racecheck and synccheck (bench/gpu/sanitize_gpu.sh). Not
+// part of the library.
 //
 // Per chunk `it`, the NA "A warps" pass a named barrier (bar.sync 1, 32·NA) once per token and
 // after each, lane 0 of every A warp writes its entry of part[it % RING][token][warp]; the NS
@@ -12,12 +13,21 @@
 // was read would show up as a mismatch count, not only as a racecheck report.
 //
 // The configurations: the kernel's (16 A warps first, 4 S warps, ring 2: dk = 128, dv = 32), the
-// same with the S warps first, with a ring of 3, and with 8 A warps (dk = 64).
+// same with the S warps first, with a ring of 3, and with 8 A warps (dk = 64); then the chunked
+// kernel's protocol piece by piece (see probe_chunked).
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "vla/cuda/detail/device_util.cuh"
 
 namespace {
+
+using vla::cuda::detail::cp_async16;
+using vla::cuda::detail::cp_async_commit;
+using vla::cuda::detail::cp_async_wait_all;
 
 template <int NA, int NS, bool AFirst, int RING>
 __global__ void probe(int nchunks, unsigned* mismatches) {
@@ -54,6 +64,180 @@ __global__ void probe(int nchunks, unsigned* mismatches) {
   if (bad) atomicAdd(mismatches, bad);
 }
 
+/// The chunked kernel's hand-over (chunked_kernel.cuh, P3–P7), reduced the same way: 8 A warps and 8
+/// S warps. Per chunk the A warps (optionally) stage 16 B a thread with cp.async, wait for it and
+/// pass barrier 1; with Sub, warps 0–5 then pass barrier 3 (192 threads) four times, exchanging rows
+/// of a scratch tile as the blocked LDLᵀ does, while warps 6–7 write a buffer of their own; barrier 1;
+/// "P6": every A warp writes rows of the ring slot that another warp owns; barrier 1; "P7": each warp
+/// reads its own rows, checks them and rewrites them; then the hand-over. The S warps read the
+/// previous chunk's slot, check it, and pass barrier 2 three times. Every value read is checked.
+/// The hand-over (Hand): 0 = `__syncthreads` after both roles' branches (converged, one PC);
+/// 1 = `__syncthreads` in a __noinline__ function that each role calls from its own branch (the
+/// kernel before 2026-12-03); 2 = `bar.sync 4, 512` (barrier.sync.aligned) from each role's branch;
+/// 3 = `barrier.sync 4, 512` (not .aligned) from each role's branch (chunk_handover now).
+__device__ __noinline__ void probe_handover() { __syncthreads(); }
+
+template <bool Sub, bool Cpa, int Hand>
+__global__ void probe_chunked(int nchunks, const float4* src, unsigned* mismatches) {
+  constexpr int NA = 8, C = 32, D = 64, J = C / NA;
+  __shared__ float ring[2][C][D];
+  __shared__ float scratch[C][8];
+  __shared__ float prep[64][4];
+  __shared__ float4 stage[2][NA * 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, tid = threadIdx.x;
+  auto val = [](int it, int r, int col, int pass) { return float(((it * C + r) * D + col) * 2 + pass); };
+  auto handover = [] {  // from inside a role's branch (Hand 1, 2)
+    if (Hand == 1) probe_handover();
+    if (Hand == 2) asm volatile("bar.sync 4, 512;\n" ::: "memory");
+    if (Hand == 3) asm volatile("barrier.sync 4, 512;\n" ::: "memory");
+  };
+  unsigned bad = 0;
+  for (int it = 0; it < nchunks + 1; ++it) {
+    if (warp < NA) {
+      if (it < nchunks) {
+        const int slot = it & 1;
+        if (Cpa) {
+          cp_async16(&stage[slot][tid], src + it * NA * 32 + tid);
+          cp_async_commit();
+          cp_async_wait_all();
+        }
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        if (Cpa) {
+          const float4 v = stage[slot][(tid + 37) % (NA * 32)];
+          bad += v.x != float(it * NA * 32 + (tid + 37) % (NA * 32));
+        }
+        if (Sub) {
+          if (warp < 6) {
+            for (int kb = 0; kb < 4; ++kb) {
+              if (warp == 0 && lane < 8) scratch[8 * kb + lane][kb] = float(it * 100 + kb);
+              asm volatile("bar.sync 3, 192;\n" ::: "memory");
+              if (warp > 0 && lane < 8) bad += scratch[8 * kb + lane][kb] != float(it * 100 + kb);
+              asm volatile("bar.sync 3, 192;\n" ::: "memory");
+            }
+          } else {
+            prep[(warp - 6) * 32 + lane][it & 3] = float(it);
+          }
+        }
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        for (int r = (warp + 1) % NA; r < C; r += NA)  // rows another warp owns (row r is warp r / J's)
+          for (int col = lane; col < D; col += 32) ring[slot][r][col] = val(it, r, col, 0);
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        for (int r = warp * J; r < warp * J + J; ++r)
+          for (int col = lane; col < D; col += 32) {
+            bad += ring[slot][r][col] != val(it, r, col, 0);
+            ring[slot][r][col] = val(it, r, col, 1);
+          }
+      }
+      handover();
+    } else {
+      if (it >= 1) {
+        const int slot = (it - 1) & 1, st = tid - 32 * NA;
+        for (int e = st; e < C * D; e += 256) bad += ring[slot][e / D][e % D] != val(it - 1, e / D, e % D, 1);
+        for (int b = 0; b < 3; ++b) asm volatile("bar.sync 2, 256;\n" ::: "memory");
+      }
+      handover();
+    }
+    if (Hand == 0) __syncthreads();
+  }
+  if (bad) atomicAdd(mismatches, bad);
+}
+
+template <bool Sub, bool Cpa, int Hand>
+int run_chunked(const char* name, const float4* src, unsigned* d) {
+  cudaMemset(d, 0, sizeof(unsigned));
+  probe_chunked<Sub, Cpa, Hand><<<2, 512>>>(7, src, d);
+  unsigned h = 0;
+  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
+  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
+  return e == cudaSuccess && h == 0 ? 0 : 1;
+}
+
+/// The smallest case of the chunked kernel's P6 → P7 pattern: in a CTA of 4 warps, warp 0 writes a
+/// buffer, warps 0–1 pass a barrier, warp 1 reads it all (then, after a __syncwarp, writes it
+/// back), the barrier again, warp 0 reads it. Barrier (Bar): 0 = `__syncthreads` (all four warps);
+/// 1 = `bar.sync 1, 64` (warps 0–1 only); 2 = `barrier.sync 1, 64`. With Other, warps 2–3 meanwhile
+/// pass a barrier of their own (`bar.sync 2, 64`) three times per round and touch no shared memory
+/// — what the chunked kernel's S warps do beside the A warps. By the PTX memory model a barrier
+/// orders the accesses of the threads that take part in it, and barriers of other IDs are
+/// independent of it, so all six variants are race-free.
+template <int Bar, bool Other>
+__global__ void probe_partial(int rounds, unsigned* mismatches) {
+  __shared__ float buf[64];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  auto sync = [&] {
+    if (Bar == 0) __syncthreads();
+    if (Bar == 1 && warp < 2) asm volatile("bar.sync 1, 64;\n" ::: "memory");
+    if (Bar == 2 && warp < 2) asm volatile("barrier.sync 1, 64;\n" ::: "memory");
+    if (Other && Bar != 0 && warp >= 2)
+      for (int b = 0; b < 3; ++b) asm volatile("bar.sync 2, 64;\n" ::: "memory");
+  };
+  unsigned bad = 0;
+  for (int it = 0; it < rounds; ++it) {
+    if (Other && Bar == 0 && warp >= 2)
+      for (int b = 0; b < 3; ++b) asm volatile("bar.sync 2, 64;\n" ::: "memory");
+    if (warp == 0) buf[lane] = float(it), buf[lane + 32] = float(it) + 0.5f;
+    sync();
+    if (warp == 1) {
+      for (int i = 0; i < 64; ++i) bad += buf[i] != float(it) + (i >= 32 ? 0.5f : 0.f);
+      __syncwarp();
+      buf[lane] = -float(it), buf[lane + 32] = -float(it);
+    }
+    sync();
+    if (warp == 0) bad += (buf[lane] != -float(it)) + (buf[lane + 32] != -float(it));
+    sync();
+  }
+  if (bad) atomicAdd(mismatches, bad);
+}
+
+template <int Bar, bool Other>
+int run_partial(const char* name, unsigned* d) {
+  cudaMemset(d, 0, sizeof(unsigned));
+  probe_partial<Bar, Other><<<1, 128>>>(3, d);
+  unsigned h = 0;
+  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
+  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
+  return e == cudaSuccess && h == 0 ? 0 : 1;
+}
+
+/// The chunked kernel's P6 → P7 → S-warp read in four warps: warp 0 writes a buffer; warps 0–1 pass
+/// barrier Bar (0 = `__syncthreads` of all four, 1 = `bar.sync 1, 64`, 2 = `barrier.sync 1, 64`);
+/// warp 1 reads it and rewrites it; then `__syncthreads` (all four); warp 2 reads it; then
+/// `__syncthreads`. Every pair of accesses to the buffer is ordered by a barrier both threads take
+/// part in (PTX memory model), in all three variants. (Written 2026-12-03 to tell the chunked
+/// probe's report apart; not yet run on a device: that session's device time ran out.)
+template <int Bar>
+__global__ void probe_handoff(int rounds, unsigned* mismatches) {
+  __shared__ float buf[64];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  unsigned bad = 0;
+  for (int it = 0; it < rounds; ++it) {
+    if (warp == 0) buf[lane] = float(it), buf[lane + 32] = float(it) + 0.5f;
+    if (Bar == 0) __syncthreads();
+    if (Bar == 1 && warp < 2) asm volatile("bar.sync 1, 64;\n" ::: "memory");
+    if (Bar == 2 && warp < 2) asm volatile("barrier.sync 1, 64;\n" ::: "memory");
+    if (warp == 1) {
+      for (int i = 0; i < 64; ++i) bad += buf[i] != float(it) + (i >= 32 ? 0.5f : 0.f);
+      __syncwarp();
+      buf[lane] = -float(it), buf[lane + 32] = -float(it) - 0.5f;
+    }
+    __syncthreads();
+    if (warp == 2)
+      for (int i = 0; i < 64; ++i) bad += buf[i] != -float(it) - (i >= 32 ? 0.5f : 0.f);
+    __syncthreads();
+  }
+  if (bad) atomicAdd(mismatches, bad);
+}
+
+template <int Bar>
+int run_handoff(const char* name, unsigned* d) {
+  cudaMemset(d, 0, sizeof(unsigned));
+  probe_handoff<Bar><<<1, 128>>>(3, d);
+  unsigned h = 0;
+  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
+  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
+  return e == cudaSuccess && h == 0 ? 0 : 1;
+}
+
 template <int NA, int NS, bool AFirst, int RING>
 int run(const char* name, unsigned* d) {
   cudaMemset(d, 0, sizeof(unsigned));
@@ -66,7 +250,12 @@ int run(const char* name, unsigned* d) {
 
 }  // namespace
 
-int main() {
+// `vla_racecheck_probe [i]`: every probe, or only the i-th (0-based, in the order below), so that a
+// tool's reports can be told apart by probe.
+int main(int argc, char** argv) {
+  const int only = argc > 1 ? std::atoi(argv[1]) : -1;
+  int index = -1;
+  auto pick = [&] { return ++index == only || only < 0; };
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     std::printf("no CUDA device\n");
@@ -75,11 +264,37 @@ int main() {
   unsigned* d = nullptr;
   cudaMalloc(&d, sizeof(unsigned));
   int fails = 0;
-  fails += run<16, 4, true, 2>("A16 S4, A warps first, ring 2 (dk=128 dv=32)", d);
-  fails += run<16, 4, false, 2>("A16 S4, S warps first, ring 2", d);
-  fails += run<16, 4, true, 3>("A16 S4, A warps first, ring 3", d);
-  fails += run<8, 4, true, 2>("A8 S4, A warps first, ring 2 (dk=64 dv=32)", d);
-  fails += run<8, 16, true, 2>("A8 S16, A warps first, ring 2 (dk=64 dv=128)", d);
+  if (pick()) fails += run<16, 4, true, 2>("A16 S4, A warps first, ring 2 (dk=128 dv=32)", d);
+  if (pick()) fails += run<16, 4, false, 2>("A16 S4, S warps first, ring 2", d);
+  if (pick()) fails += run<16, 4, true, 3>("A16 S4, A warps first, ring 3", d);
+  if (pick()) fails += run<8, 4, true, 2>("A8 S4, A warps first, ring 2 (dk=64 dv=32)", d);
+  if (pick()) fails += run<8, 16, true, 2>("A8 S16, A warps first, ring 2 (dk=64 dv=128)", d);
+  // The chunked kernel's protocol, piece by piece (which of them, if any, the tool reports).
+  std::vector<float4> hsrc(8 * 32 * 8);
+  for (std::size_t i = 0; i < hsrc.size(); ++i) hsrc[i] = make_float4(float(i), 0.f, 0.f, 0.f);
+  float4* src = nullptr;
+  cudaMalloc(&src, hsrc.size() * sizeof(float4));
+  cudaMemcpy(src, hsrc.data(), hsrc.size() * sizeof(float4), cudaMemcpyHostToDevice);
+  if (pick()) fails += run_chunked<false, false, 0>("chunked: ring only", src, d);
+  if (pick()) fails += run_chunked<true, false, 0>("chunked: + barrier 3 subgroup", src, d);
+  if (pick()) fails += run_chunked<false, true, 0>("chunked: + cp.async stage", src, d);
+  if (pick()) fails += run_chunked<false, false, 1>("chunked: + noinline __syncthreads per role", src, d);
+  if (pick()) fails += run_chunked<false, false, 2>("chunked: + bar.sync 4 per role", src, d);
+  if (pick()) fails += run_chunked<false, false, 3>("chunked: + barrier.sync 4 per role", src, d);
+  if (pick()) fails += run_chunked<true, true, 1>("chunked: all, noinline __syncthreads (old)", src, d);
+  if (pick()) fails += run_chunked<true, true, 2>("chunked: all, bar.sync 4", src, d);
+  if (pick()) fails += run_chunked<true, true, 3>("chunked: all, barrier.sync 4 (the kernel's now)", src, d);
+  // The pattern itself, in four warps (probe_partial).
+  if (pick()) fails += run_partial<0, false>("partial: __syncthreads", d);
+  if (pick()) fails += run_partial<1, false>("partial: bar.sync 1, 64 (warps 0-1)", d);
+  if (pick()) fails += run_partial<2, false>("partial: barrier.sync 1, 64 (warps 0-1)", d);
+  if (pick()) fails += run_partial<0, true>("partial: __syncthreads; 2-3 on barrier 2", d);
+  if (pick()) fails += run_partial<1, true>("partial: bar.sync 1, 64; 2-3 on barrier 2", d);
+  if (pick()) fails += run_partial<2, true>("partial: barrier.sync 1, 64; 2-3 on barrier 2", d);
+  if (pick()) fails += run_handoff<0>("handoff: __syncthreads, then warp 2 reads", d);
+  if (pick()) fails += run_handoff<1>("handoff: bar.sync 1, 64, then warp 2 reads", d);
+  if (pick()) fails += run_handoff<2>("handoff: barrier.sync 1, 64, then warp 2 reads", d);
+  cudaFree(src);
   cudaFree(d);
   return fails ? 1 : 0;
 }
