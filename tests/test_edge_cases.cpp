@@ -186,18 +186,32 @@ TEST_CASE("double: each input at 1e-150 or 1e150 alone gives the reference's res
     for (double scale : {1e-150, 1e150}) scaled_stream_vs_reference<double>(which, scale, vt::Tol<double>::ref);
 }
 
+namespace {
+/// A float run and the float64 reference on one random stream (dk 13, dv 7, T 60) with every input
+/// scaled by `scale`, then rounded to float.
+struct AllScaled {
+  vt::Stream s;
+  vla::VlaState<float> st{13, 7};
+  ref::Vla r{13, 7};
+  std::vector<double> out, rout;
+  AllScaled(unsigned seed, double scale) : s(vt::random_stream(13, 7, 60, seed)) {
+    for (auto* x : {&s.q, &s.k, &s.v, &s.u})
+      for (double& e : *x) e *= scale;
+    s = vt::rounded<float>(s);
+    vt::run_vla(st, s, 0, 60, out);
+    vt::run_ref(r, s, 0, 60, rout);
+  }
+};
+}  // namespace
+
 TEST_CASE("float: all inputs at 1e-30 at once: finite state matching the reference, outputs that underflow to ~0",
           "[magnitude]") {
   const int dk = 13, dv = 7, T = 60;
-  vt::Stream s = vt::random_stream(dk, dv, T, 23);
-  for (auto* x : {&s.q, &s.k, &s.v, &s.u})
-    for (double& e : *x) e *= 1e-30;
-  s = vt::rounded<float>(s);
-  vla::VlaState<float> st(dk, dv);
-  ref::Vla r(dk, dv);
-  std::vector<double> out, rout;
-  vt::run_vla(st, s, 0, T, out);
-  vt::run_ref(r, s, 0, T, rout);
+  AllScaled run(23, 1e-30);
+  const vt::Stream& s = run.s;
+  const vla::VlaState<float>& st = run.st;
+  const ref::Vla& r = run.r;
+  const std::vector<double>&out = run.out, &rout = run.rout;
   REQUIRE(st.S().allFinite());
   CHECK(vt::rel_rms(vt::to_vec(st.S()), r.S) <= vt::Tol<float>::ref);
   CHECK(vt::rel_rms(vt::to_vec(st.A()), r.A) <= vt::Tol<float>::ref);
@@ -225,16 +239,10 @@ TEST_CASE("float: all inputs at 1e-30 at once: finite state matching the referen
 // library now recomputes from q/max|q| (and ε_den scaled to match) when either product overflows.
 TEST_CASE("float: all inputs at 1e30 at once: finite state and finite outputs matching the reference",
           "[magnitude][regression]") {
-  const int dk = 13, dv = 7, T = 60;
-  vt::Stream s = vt::random_stream(dk, dv, T, 29);
-  for (auto* x : {&s.q, &s.k, &s.v, &s.u})
-    for (double& e : *x) e *= 1e30;
-  s = vt::rounded<float>(s);
-  vla::VlaState<float> st(dk, dv);
-  ref::Vla r(dk, dv);
-  std::vector<double> out, rout;
-  vt::run_vla(st, s, 0, T, out);
-  vt::run_ref(r, s, 0, T, rout);
+  AllScaled run(29, 1e30);
+  const vla::VlaState<float>& st = run.st;
+  const ref::Vla& r = run.r;
+  const std::vector<double>&out = run.out, &rout = run.rout;
   CHECK(st.A().allFinite());
   CHECK(st.S().allFinite());
   CHECK(st.z().allFinite());

@@ -1,6 +1,6 @@
 // tests/fuzz/fuzz_common.hpp — what the libFuzzer harnesses share: a reader that turns the fuzzer's
 // bytes into bounded integers and floats (raw bits, or bounded magnitudes), and the abort that turns
-// a broken invariant into a crash libFuzzer reports.
+// a broken invariant into a crash libFuzzer reports; and the fuzzed configs of sane magnitude.
 #pragma once
 
 #include <cmath>
@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+
+#include "vla/config.hpp"
 
 namespace vfuzz {
 
@@ -51,6 +53,17 @@ struct Reader {
     return mant * std::pow(10.f, static_cast<float>(e));
   }
 };
+
+/// Config constants within a few decades of the defaults (where the no-NaN invariants apply; more
+/// extreme ones leave float's useful range, docs/maths.md §6), read from the input.
+inline void sane_config(Reader& in, vla::Config& cfg) {
+  cfg.lambda0 = 0.1 * std::pow(10.0, in.range(-3, 3));
+  cfg.stab_eps = std::pow(10.0, in.range(-6, -1));
+  cfg.refresh_period = in.range(0, 9);
+  cfg.refresh_eps = in.byte() % 4 ? std::pow(10.0, in.range(-6, -1)) : 0.0;
+  cfg.denom_eps = std::pow(10.0, in.range(-6, -2));
+  cfg.normalize_output = in.byte() % 2;
+}
 
 [[noreturn]] inline void broken(const char* what) {
   std::fprintf(stderr, "vla fuzz: invariant broken: %s\n", what);

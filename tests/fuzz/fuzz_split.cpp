@@ -28,14 +28,7 @@ bool close(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b, double scale) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   vfuzz::Reader in{data, size};
   vla::Config cfg;
-  if (in.byte() % 2) {  // constants within a few decades of the defaults
-    cfg.lambda0 = 0.1 * std::pow(10.0, in.range(-3, 3));
-    cfg.stab_eps = std::pow(10.0, in.range(-6, -1));
-    cfg.refresh_period = in.range(0, 9);
-    cfg.refresh_eps = in.byte() % 4 ? std::pow(10.0, in.range(-6, -1)) : 0.0;
-    cfg.denom_eps = std::pow(10.0, in.range(-6, -2));
-    cfg.normalize_output = in.byte() % 2;
-  }
+  if (in.byte() % 2) vfuzz::sane_config(in, cfg);  // constants within a few decades of the defaults
   const int dk = in.range(1, 5), dv = in.range(1, 5), T = in.range(0, 48);
   const int spans = in.range(-1, 12), threads = in.range(0, 2), warm = in.range(0, 25);
   auto fill = [&](Rows& m) {

@@ -37,12 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     cfg.denom_eps = in.raw_float();
     cfg.normalize_output = in.byte() % 2;
   } else if (mode == 2) {
-    cfg.lambda0 = 0.1 * std::pow(10.0, in.range(-3, 3));
-    cfg.stab_eps = std::pow(10.0, in.range(-6, -1));
-    cfg.refresh_period = in.range(0, 9);
-    cfg.refresh_eps = in.byte() % 4 ? std::pow(10.0, in.range(-6, -1)) : 0.0;
-    cfg.denom_eps = std::pow(10.0, in.range(-6, -2));
-    cfg.normalize_output = in.byte() % 2;
+    vfuzz::sane_config(in, cfg);
   }
   // With the normaliser off, o = S q is a plain product: its true value can lie outside float's range
   // (and overflow to inf − inf), so the no-NaN invariant is the normalised output's.
