@@ -60,11 +60,12 @@ struct ForwardArgs {
   bool varlen() const { return cu_seqlens != nullptr; }
 };
 
-/// A batched backward's gradients (docs/maths.md §9), in the forward's layouts: d_o is shaped like o
-/// (required), the other token gradients like their inputs; a null output means "not needed".
-/// d_final_state (optional): the loss's gradient with respect to the final state (A, S, z; steps
-/// unused), null = zero. d_initial_state (optional output): the gradient with respect to the initial
-/// state, A's symmetric gradient, S, z (steps not written).
+/// A batched backward's gradients (docs/maths.md §9, §9b), in the forward's layouts: d_o is shaped like
+/// o (required), the other token gradients like their inputs; a null output means "not needed".
+/// d_final_state (optional): the loss's gradient with respect to the final state (the op's parts —
+/// VLA A, S, z; linear attention S, z; DeltaNet S; steps unused), null = zero. d_initial_state
+/// (optional output): the gradient with respect to the initial state, the same parts (VLA's A as its
+/// symmetric gradient; steps not written).
 template <class In, class St = In>
 struct GradArgs {
   const In* d_o = nullptr;
@@ -72,7 +73,8 @@ struct GradArgs {
   In* d_q = nullptr;
   In* d_k = nullptr;
   In* d_v = nullptr;
-  In* d_u = nullptr;
+  In* d_u = nullptr;     ///< VLA only
+  In* d_beta = nullptr;  ///< DeltaNet only, shaped like beta ([tokens, H])
   StateBuffers<St> d_initial_state;
 };
 

@@ -95,8 +95,9 @@ decltype(auto) forward(const ForwardArgs<In, St>& args, const Config& cfg, Conte
 /// The batched backward of op `Op` on backend `Backend` (docs/maths.md §9): given the forward's
 /// arguments (the same buffers; o is not read) and the gradient of the loss with respect to its
 /// outputs (and, optionally, its final state), writes the gradients with respect to its inputs and
-/// initial state. Built for backend::Cpu and op::Vla (vla/backward.hpp); the trailing arguments are
-/// the backend's context (Cpu: an optional CpuOptions, whose `chunk` is the checkpoint interval).
+/// initial state. Built for backend::Cpu and every op — VLA, linear attention, DeltaNet (vla/backward.hpp,
+/// docs/maths.md §9b) — not yet for backend::Cuda; the trailing arguments are the backend's context
+/// (Cpu: an optional CpuOptions, whose `chunk` is the checkpoint interval).
 template <class Backend, class Op = op::Vla, class In, class St, class... Context>
 decltype(auto) backward(const ForwardArgs<In, St>& args, const GradArgs<In, St>& grads, const Config& cfg,
                         Context&&... ctx) {

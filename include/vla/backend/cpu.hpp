@@ -250,36 +250,10 @@ struct BackendTraits<backend::Cpu> {
     static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
                   "vla: the CPU backend computes in float or double");
     using Ops = detail::CpuOp<Op, Scalar>;
-    cfg.validate_for<Scalar>();
-    detail::check_args<Op>(a);
-    if (opt.threads < 0) detail::bad_arg("CpuOptions::threads must be >= 0");
-    if (opt.chunk < 0) detail::bad_arg("CpuOptions::chunk must be >= 0");
     constexpr bool has_chunked = !std::is_same<Op, op::LinearAttention>::value;
-    if (!has_chunked && opt.path == Path::chunked)
-      detail::bad_arg("no chunked path (Path::chunked is for VLA and DeltaNet)", Op::name);
-    const std::int64_t tokens = a.varlen() ? detail::check_cu_seqlens(a.cu_seqlens, a.batch) : a.batch * a.seq_len;
-    detail::require_finite_buffer(a.q, tokens * a.heads * a.dk, a.heads, a.dk, "q");
-    detail::require_finite_buffer(a.k, tokens * a.heads * a.dk, a.heads, a.dk, "k");
-    detail::require_finite_buffer(a.v, tokens * a.heads * a.dv, a.heads, a.dv, "v");
-    if (Op::uses_u) detail::require_finite_buffer(a.u, tokens * a.heads * a.dk, a.heads, a.dk, "u");
-    if (Op::uses_beta)
-      for (std::int64_t i = 0; i < tokens * a.heads; ++i)
-        if (!(a.beta[i] > Scalar(0) && a.beta[i] <= Scalar(1)))
-          detail::bad_arg("beta must be in (0, 1] (token " + std::to_string(i / a.heads) + ", head " +
-                          std::to_string(i % a.heads) + ")");
-
-    // Load (and so validate) every initial state before any output is written.
+    check_call<Op>(a, cfg, opt, /*forward=*/true);
+    std::vector<typename Ops::State> states = checked_states<Op>(a, cfg, opt);
     const std::int64_t pairs = a.batch * a.heads;
-    std::vector<typename Ops::State> states;
-    states.reserve(static_cast<std::size_t>(pairs));
-    for (std::int64_t p = 0; p < pairs; ++p) {
-      try {
-        states.push_back(Ops::make(a, cfg, opt, p));
-      } catch (const std::invalid_argument& e) {
-        detail::bad_arg("initial_state of sequence " + std::to_string(p / a.heads) + ", head " +
-                        std::to_string(p % a.heads) + " (state index " + std::to_string(p) + "): " + e.what());
-      }
-    }
 
     // Time-blocked: every pair of a thread runs kTimeBlock tokens before the next pair does. The
     // tokens of all heads sit together in memory ([tokens, H, D]), so the first head of a block
@@ -311,34 +285,35 @@ struct BackendTraits<backend::Cpu> {
     });
   }
 
-  /// The batched backward (docs/maths.md §9; vla::backward): vla_backward for every (sequence, head),
-  /// threads over the pairs (results do not depend on the thread count), checkpoints every
-  /// opt.chunk steps (0 = 64). Validates everything the forward does, plus d_o and d_final_state,
-  /// before writing anything; on a throw the gradient buffers are untouched.
+  /// The batched backward (docs/maths.md §9, §9b; vla::backward): the single-head backward of op `Op`
+  /// (vla_backward, linear_attention_backward, deltanet_backward) for every (sequence, head), threads
+  /// over the pairs (results do not depend on the thread count), checkpoints every opt.chunk steps
+  /// (0 = 64). Validates everything the forward does (check_call, checked_states), plus d_o, d_final_state and
+  /// which gradients the op has, before writing anything; on a throw the gradient buffers are
+  /// untouched. State parts: VLA A, S, z; linear attention S, z; DeltaNet S (as the forward's).
   template <class Op, class Scalar>
   static void backward(const ForwardArgs<Scalar, Scalar>& a, const GradArgs<Scalar, Scalar>& g, const Config& cfg,
                        CpuOptions opt = {}) {
     static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
                   "vla: the CPU backend computes in float or double");
-    static_assert(std::is_same<Op, op::Vla>::value,
-                  "vla::backward: built for op::Vla (the baselines' gradients are not built yet)");
-    cfg.validate_for<Scalar>();
-    detail::check_args<Op>(a);
-    if (opt.threads < 0) detail::bad_arg("CpuOptions::threads must be >= 0");
-    if (opt.chunk < 0) detail::bad_arg("CpuOptions::chunk (the checkpoint interval) must be >= 0");
+    using Ops = detail::CpuOp<Op, Scalar>;
+    check_call<Op>(a, cfg, opt, /*forward=*/false);
     if (!g.d_o) detail::bad_arg("GradArgs::d_o is required", Op::name);
-    auto whole = [&](const auto& st, const char* which) {
-      const int given = (st.A != nullptr) + (st.S != nullptr) + (st.z != nullptr);
-      if (given != 0 && given != 3) detail::bad_arg(std::string(which) + " must give all of A, S, z or none", Op::name);
-      return given == 3;
+    if (g.d_u && !Op::uses_u) detail::bad_arg("GradArgs::d_u: this op has no u (it is VLA's)", Op::name);
+    if (g.d_beta && !Op::uses_beta) detail::bad_arg("GradArgs::d_beta: this op has no beta (it is DeltaNet's)", Op::name);
+    auto whole = [&](const auto& st, const char* which) {  // the op's state parts, all or none
+      const int given = (st.S != nullptr) + (Op::uses_A && st.A != nullptr) + (Op::uses_z && st.z != nullptr);
+      const int needed = 1 + Op::uses_A + Op::uses_z;
+      if (given != 0 && given != needed)
+        detail::bad_arg(std::string(which) + " must give all of " + (Op::uses_A ? "A, " : "") + "S" +
+                            (Op::uses_z ? ", z" : "") + " or none",
+                        Op::name);
+      return given == needed;
     };
     const bool has_dfinal = whole(g.d_final_state, "GradArgs::d_final_state");
     const bool want_dinit = whole(g.d_initial_state, "GradArgs::d_initial_state");
+    const std::vector<typename Ops::State> states = checked_states<Op>(a, cfg, opt);
     const std::int64_t tokens = a.varlen() ? detail::check_cu_seqlens(a.cu_seqlens, a.batch) : a.batch * a.seq_len;
-    detail::require_finite_buffer(a.q, tokens * a.heads * a.dk, a.heads, a.dk, "q");
-    detail::require_finite_buffer(a.k, tokens * a.heads * a.dk, a.heads, a.dk, "k");
-    detail::require_finite_buffer(a.v, tokens * a.heads * a.dv, a.heads, a.dv, "v");
-    detail::require_finite_buffer(a.u, tokens * a.heads * a.dk, a.heads, a.dk, "u");
     detail::require_finite_buffer(g.d_o, tokens * a.heads * a.dv, a.heads, a.dv, "d_o");
     const std::int64_t pairs = a.batch * a.heads;
     if (has_dfinal) {
@@ -348,20 +323,9 @@ struct BackendTraits<backend::Cpu> {
             detail::bad_arg(std::string("GradArgs::d_final_state.") + what + " has a non-finite entry (state index " +
                             std::to_string(i / per) + ", element " + std::to_string(i % per) + ")");
       };
-      finite(g.d_final_state.A, a.dk * a.dk, "A");
+      if (Op::uses_A) finite(g.d_final_state.A, a.dk * a.dk, "A");
       finite(g.d_final_state.S, a.dv * a.dk, "S");
-      finite(g.d_final_state.z, a.dk, "z");
-    }
-    // Every initial state, validated before any gradient is written.
-    std::vector<VlaSnapshot<Scalar>> init;
-    init.reserve(static_cast<std::size_t>(pairs));
-    for (std::int64_t p = 0; p < pairs; ++p) {
-      try {
-        init.push_back(detail::CpuOp<Op, Scalar>::make(a, cfg, opt, p).save());
-      } catch (const std::invalid_argument& e) {
-        detail::bad_arg("initial_state of sequence " + std::to_string(p / a.heads) + ", head " +
-                        std::to_string(p % a.heads) + " (state index " + std::to_string(p) + "): " + e.what());
-      }
+      if (Op::uses_z) finite(g.d_final_state.z, a.dk, "z");
     }
     const Eigen::Index checkpoint = opt.chunk > 0 ? opt.chunk : 64;
     using RowsC = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
@@ -375,29 +339,97 @@ struct BackendTraits<backend::Cpu> {
         const Eigen::OuterStride<> sk(a.heads * a.dk), sv(a.heads * a.dv);
         // One head's rows, strided in [tokens, H, d], gathered into the single-head routine's matrices.
         const Matrix<Scalar> Q = RowsC(a.q + xk, len, a.dk, sk), K = RowsC(a.k + xk, len, a.dk, sk),
-                             V = RowsC(a.v + xv, len, a.dv, sv), U = RowsC(a.u + xk, len, a.dk, sk),
-                             dO = RowsC(g.d_o + xv, len, a.dv, sv);
-        VlaSnapshot<Scalar> dfin;
-        if (has_dfinal)
-          dfin = {detail::CRowMat<Scalar>(g.d_final_state.A + p * a.dk * a.dk, a.dk, a.dk),
-                  detail::CRowMat<Scalar>(g.d_final_state.S + p * a.dv * a.dk, a.dv, a.dk),
-                  detail::CMap<Scalar>(g.d_final_state.z + p * a.dk, a.dk), 0};
-        const VlaGradients<Scalar> r = vla_backward<Scalar>(init[static_cast<std::size_t>(p)], cfg, Q, K, V, U, dO,
-                                                            has_dfinal ? &dfin : nullptr, checkpoint);
-        if (g.d_q) Rows(g.d_q + xk, len, a.dk, sk) = r.dq;
-        if (g.d_k) Rows(g.d_k + xk, len, a.dk, sk) = r.dk;
-        if (g.d_v) Rows(g.d_v + xv, len, a.dv, sv) = r.dv;
-        if (g.d_u) Rows(g.d_u + xk, len, a.dk, sk) = r.du;
+                             V = RowsC(a.v + xv, len, a.dv, sv), dO = RowsC(g.d_o + xv, len, a.dv, sv);
+        const auto& st = states[static_cast<std::size_t>(p)];
+        const Matrix<Scalar> dS = has_dfinal ? Matrix<Scalar>(detail::CRowMat<Scalar>(g.d_final_state.S + p * a.dv * a.dk, a.dv, a.dk))
+                                             : Matrix<Scalar>();
+        Matrix<Scalar> dq, dk, dv, dS0;
+        Vector<Scalar> dz0;
+        if constexpr (std::is_same<Op, op::Vla>::value) {
+          const Matrix<Scalar> U = RowsC(a.u + xk, len, a.dk, sk);
+          VlaSnapshot<Scalar> dfin;
+          if (has_dfinal)
+            dfin = {detail::CRowMat<Scalar>(g.d_final_state.A + p * a.dk * a.dk, a.dk, a.dk), dS,
+                    detail::CMap<Scalar>(g.d_final_state.z + p * a.dk, a.dk), 0};
+          VlaGradients<Scalar> r = vla_backward<Scalar>(st.save(), cfg, Q, K, V, U, dO, has_dfinal ? &dfin : nullptr,
+                                                        checkpoint);
+          if (g.d_u) Rows(g.d_u + xk, len, a.dk, sk) = r.du;
+          if (want_dinit) detail::RowMat<Scalar>(g.d_initial_state.A + p * a.dk * a.dk, a.dk, a.dk) = r.d_initial.A;
+          dq = std::move(r.dq), dk = std::move(r.dk), dv = std::move(r.dv);
+          dS0 = std::move(r.d_initial.S), dz0 = std::move(r.d_initial.z);
+        } else {
+          BaselineGradients<Scalar> r;
+          if constexpr (std::is_same<Op, op::LinearAttention>::value) {
+            const Vector<Scalar> dz = has_dfinal ? Vector<Scalar>(detail::CMap<Scalar>(g.d_final_state.z + p * a.dk, a.dk))
+                                                 : Vector<Scalar>();
+            r = linear_attention_backward<Scalar>(st.S(), st.z(), cfg, Q, K, V, dO, has_dfinal ? &dS : nullptr,
+                                                  has_dfinal ? &dz : nullptr, checkpoint);
+          } else {
+            using BetaMap = Eigen::Map<const Vector<Scalar>, 0, Eigen::InnerStride<>>;
+            const Vector<Scalar> beta = BetaMap(a.beta + first * a.heads + h, len, Eigen::InnerStride<>(a.heads));
+            r = deltanet_backward<Scalar>(st.S(), Q, K, V, beta, dO, has_dfinal ? &dS : nullptr, checkpoint);
+            if (g.d_beta)
+              Eigen::Map<Vector<Scalar>, 0, Eigen::InnerStride<>>(g.d_beta + first * a.heads + h, len,
+                                                                  Eigen::InnerStride<>(a.heads)) = r.dbeta;
+          }
+          dq = std::move(r.dq), dk = std::move(r.dk), dv = std::move(r.dv);
+          dS0 = std::move(r.dS0), dz0 = std::move(r.dz0);
+        }
+        if (g.d_q) Rows(g.d_q + xk, len, a.dk, sk) = dq;
+        if (g.d_k) Rows(g.d_k + xk, len, a.dk, sk) = dk;
+        if (g.d_v) Rows(g.d_v + xv, len, a.dv, sv) = dv;
         if (want_dinit) {
-          detail::RowMat<Scalar>(g.d_initial_state.A + p * a.dk * a.dk, a.dk, a.dk) = r.d_initial.A;
-          detail::RowMat<Scalar>(g.d_initial_state.S + p * a.dv * a.dk, a.dv, a.dk) = r.d_initial.S;
-          detail::MMap<Scalar>(g.d_initial_state.z + p * a.dk, a.dk) = r.d_initial.z;
+          detail::RowMat<Scalar>(g.d_initial_state.S + p * a.dv * a.dk, a.dv, a.dk) = dS0;
+          if (Op::uses_z) detail::MMap<Scalar>(g.d_initial_state.z + p * a.dk, a.dk) = dz0;
         }
       }
     });
   }
 
  private:
+  /// What the forward and the backward check first (cheap, no buffer read): the config (in the
+  /// scalar), extents and pointers (detail::check_args), the options. `forward`: also whether
+  /// Path::chunked is asked of an op without it.
+  template <class Op, class Scalar>
+  static void check_call(const ForwardArgs<Scalar, Scalar>& a, const Config& cfg, const CpuOptions& opt, bool forward) {
+    cfg.validate_for<Scalar>();
+    detail::check_args<Op>(a);
+    if (opt.threads < 0) detail::bad_arg("CpuOptions::threads must be >= 0");
+    if (opt.chunk < 0) detail::bad_arg("CpuOptions::chunk must be >= 0");
+    if (forward && std::is_same<Op, op::LinearAttention>::value && opt.path == Path::chunked)
+      detail::bad_arg("no chunked path (Path::chunked is for VLA and DeltaNet)", Op::name);
+  }
+
+  /// What they check next, before anything is written: cu_seqlens, finite inputs, β in (0, 1]; then
+  /// every initial state, loaded (and so validated) and returned, a bad one named by (sequence, head).
+  template <class Op, class Scalar>
+  static std::vector<typename detail::CpuOp<Op, Scalar>::State> checked_states(const ForwardArgs<Scalar, Scalar>& a,
+                                                                               const Config& cfg, const CpuOptions& opt) {
+    using Ops = detail::CpuOp<Op, Scalar>;
+    const std::int64_t tokens = a.varlen() ? detail::check_cu_seqlens(a.cu_seqlens, a.batch) : a.batch * a.seq_len;
+    detail::require_finite_buffer(a.q, tokens * a.heads * a.dk, a.heads, a.dk, "q");
+    detail::require_finite_buffer(a.k, tokens * a.heads * a.dk, a.heads, a.dk, "k");
+    detail::require_finite_buffer(a.v, tokens * a.heads * a.dv, a.heads, a.dv, "v");
+    if (Op::uses_u) detail::require_finite_buffer(a.u, tokens * a.heads * a.dk, a.heads, a.dk, "u");
+    if (Op::uses_beta)
+      for (std::int64_t i = 0; i < tokens * a.heads; ++i)
+        if (!(a.beta[i] > Scalar(0) && a.beta[i] <= Scalar(1)))
+          detail::bad_arg("beta must be in (0, 1] (token " + std::to_string(i / a.heads) + ", head " +
+                          std::to_string(i % a.heads) + ")");
+    const std::int64_t pairs = a.batch * a.heads;
+    std::vector<typename Ops::State> states;
+    states.reserve(static_cast<std::size_t>(pairs));
+    for (std::int64_t p = 0; p < pairs; ++p) {
+      try {
+        states.push_back(Ops::make(a, cfg, opt, p));
+      } catch (const std::invalid_argument& e) {
+        detail::bad_arg("initial_state of sequence " + std::to_string(p / a.heads) + ", head " +
+                        std::to_string(p % a.heads) + " (state index " + std::to_string(p) + "): " + e.what());
+      }
+    }
+    return states;
+  }
+
   /// The chunked path (docs/maths.md §4) over validated states: each (sequence, head) pair on one
   /// thread, chunk after chunk, so results do not depend on the thread count.
   template <class Op, class Scalar, class State>
