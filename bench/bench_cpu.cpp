@@ -200,8 +200,60 @@ void BM_SingleHeadVla(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * T);
 }
 
+// The baselines the same way: the forward (the state's step, T steps) beside linear_attention_backward
+// / deltanet_backward (checkpoints every 64 steps), one head, float, dk = dv.
+template <class Op>
+void BM_SingleHeadBaseline(benchmark::State& state) {
+  constexpr bool kLinear = std::is_same<Op, vla::op::LinearAttention>::value;
+  const int dk = static_cast<int>(state.range(0)), T = static_cast<int>(state.range(1));
+  const bool backward = state.range(2) != 0;
+  std::mt19937 rng(7u);
+  std::normal_distribution<float> n01;
+  std::uniform_real_distribution<float> u01(0.1f, 1.f);
+  Eigen::MatrixXf Q(T, dk), K(T, dk), V(T, dk), dO(T, dk);
+  for (Eigen::MatrixXf* m : {&Q, &K, &V, &dO})
+    for (Eigen::Index i = 0; i < m->size(); ++i) m->data()[i] = n01(rng);
+  Q = Q.array().exp();  // positive features, as after ELU + 1
+  K = K.array().exp();
+  Eigen::VectorXf beta(T), o(dk);
+  for (int t = 0; t < T; ++t) beta[t] = u01(rng);
+  const vla::Config cfg;
+  const Eigen::MatrixXf S0 = Eigen::MatrixXf::Zero(dk, dk);
+  const Eigen::VectorXf z0 = Eigen::VectorXf::Zero(dk);
+  const Eigen::MatrixXf Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose();
+  for (auto _ : state) {
+    if (backward) {
+      vla::BaselineGradients<float> g;
+      if constexpr (kLinear)
+        g = vla::linear_attention_backward<float>(S0, z0, cfg, Q, K, V, dO);
+      else
+        g = vla::deltanet_backward<float>(S0, Q, K, V, beta, dO);
+      benchmark::DoNotOptimize(g.dq.data());
+    } else if constexpr (kLinear) {
+      vla::LinearAttentionState<float> st(dk, dk, cfg);
+      for (int t = 0; t < T; ++t) st.step_unchecked(Qc.col(t), Kc.col(t), Vc.col(t), o);
+      benchmark::DoNotOptimize(o.data());
+    } else {
+      vla::DeltaNetState<float> st(dk, dk);
+      for (int t = 0; t < T; ++t) st.step_unchecked(Qc.col(t), Kc.col(t), Vc.col(t), beta[t], o);
+      benchmark::DoNotOptimize(o.data());
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * T);
+}
+
 }  // namespace
 
+BENCHMARK_TEMPLATE(BM_SingleHeadBaseline, vla::op::LinearAttention)
+    ->ArgsProduct({{64}, {2048}, {0, 1}})
+    ->ArgNames({"dk", "T", "backward"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_SingleHeadBaseline, vla::op::DeltaNet)
+    ->ArgsProduct({{64}, {2048}, {0, 1}})
+    ->ArgNames({"dk", "T", "backward"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_SingleHeadVla)
     ->ArgsProduct({{32, 64}, {2048}, {0, 1}})
     ->ArgNames({"dk", "T", "backward"})
