@@ -398,6 +398,37 @@ void deltanet_step_adjoint(const DeltaNetState<Scalar>& pre, const Vector<Scalar
   gk = kf * (x.gkh - x.kh * x.kh.dot(x.gkh));
 }
 
+/// One baseline head's token rows as columns (each token's vectors contiguous, one transpose per
+/// input) with the step vectors they are loaded into, and the gradient columns the adjoint fills;
+/// `finish` turns the columns back into T-row gradients.
+template <class Scalar>
+struct BaselineColumns {
+  Matrix<Scalar> Qc, Kc, Vc, dOc, gqc, gkc, gvc;
+  Vector<Scalar> q, k, v, go, gq, gk, gv;
+  BaselineColumns(const Matrix<Scalar>& Q, const Matrix<Scalar>& K, const Matrix<Scalar>& V, const Matrix<Scalar>& dO)
+      : Qc(Q.transpose()), Kc(K.transpose()), Vc(V.transpose()), dOc(dO.transpose()), gqc(Q.cols(), Q.rows()),
+        gkc(K.cols(), K.rows()), gvc(V.cols(), V.rows()), gq(Q.cols()), gk(K.cols()), gv(V.cols()) {}
+  void load(Eigen::Index t) {
+    q = Qc.col(t);
+    k = Kc.col(t);
+    v = Vc.col(t);
+  }
+  void load_adjoint(Eigen::Index t) {
+    load(t);
+    go = dOc.col(t);
+  }
+  void store(Eigen::Index t) {
+    gqc.col(t) = gq;
+    gkc.col(t) = gk;
+    gvc.col(t) = gv;
+  }
+  void finish(BaselineGradients<Scalar>& g) const {
+    g.dq = gqc.transpose();
+    g.dk = gkc.transpose();
+    g.dv = gvc.transpose();
+  }
+};
+
 }  // namespace detail
 
 /// Reverse mode through one head's linear-attention forward of T steps from (S0, z0) (docs/maths.md
@@ -419,35 +450,25 @@ BaselineGradients<Scalar> linear_attention_backward(const Matrix<Scalar>& S0, co
   if (dS_final) need(dS_final->rows() == m && dS_final->cols() == n && dS_final->allFinite(), "dS_final must be finite, dv × dk");
   if (dz_final) need(dz_final->size() == n && dz_final->allFinite(), "dz_final must be finite, of size dk");
 
-  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), dOc = dO.transpose();
-  Vector<Scalar> q(n), k(n), v(m), o(m), go(m), gq(n), gk(n), gv(m);
-  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T);
+  detail::BaselineColumns<Scalar> c(Q, K, V, dO);
+  Vector<Scalar> o(m);
   Matrix<Scalar> gS = dS_final ? *dS_final : Matrix<Scalar>::Zero(m, n);
   Vector<Scalar> gz = dz_final ? *dz_final : Vector<Scalar>::Zero(n);
   detail::BaselineScratch<Scalar> scratch(n, m);
   BaselineGradients<Scalar> g;
-  auto load = [&](Eigen::Index t) {
-    q = Qc.col(t);
-    k = Kc.col(t);
-    v = Vc.col(t);
-  };
   detail::checkpointed_reverse(
       start, T, checkpoint,
       [&](LinearAttentionState<Scalar>& st, Eigen::Index t) {
-        load(t);
-        st.step_unchecked(q, k, v, o);
+        c.load(t);
+        st.step_unchecked(c.q, c.k, c.v, o);
       },
       [&](const LinearAttentionState<Scalar>& pre, Eigen::Index t) {
-        load(t);
-        go = dOc.col(t);
-        g.floored_steps += detail::linear_attention_step_adjoint(pre, cfg, q, k, v, go, gS, gz, gq, gk, gv, scratch);
-        gqc.col(t) = gq;
-        gkc.col(t) = gk;
-        gvc.col(t) = gv;
+        c.load_adjoint(t);
+        g.floored_steps +=
+            detail::linear_attention_step_adjoint(pre, cfg, c.q, c.k, c.v, c.go, gS, gz, c.gq, c.gk, c.gv, scratch);
+        c.store(t);
       });
-  g.dq = gqc.transpose();
-  g.dk = gkc.transpose();
-  g.dv = gvc.transpose();
+  c.finish(g);
   g.dS0 = gS;
   g.dz0 = gz;
   return g;
@@ -470,35 +491,24 @@ BaselineGradients<Scalar> deltanet_backward(const Matrix<Scalar>& S0, const Matr
   for (Eigen::Index t = 0; t < T; ++t) need(beta[t] > Scalar(0) && beta[t] <= Scalar(1), "beta must be in (0, 1]");
   if (dS_final) need(dS_final->rows() == m && dS_final->cols() == n && dS_final->allFinite(), "dS_final must be finite, dv × dk");
 
-  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), dOc = dO.transpose();
-  Vector<Scalar> q(n), k(n), v(m), o(m), go(m), gq(n), gk(n), gv(m);
-  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T);
+  detail::BaselineColumns<Scalar> c(Q, K, V, dO);
+  Vector<Scalar> o(m);
   Matrix<Scalar> gS = dS_final ? *dS_final : Matrix<Scalar>::Zero(m, n);
   detail::BaselineScratch<Scalar> scratch(n, m);
   BaselineGradients<Scalar> g;
   g.dbeta.resize(T);
-  auto load = [&](Eigen::Index t) {
-    q = Qc.col(t);
-    k = Kc.col(t);
-    v = Vc.col(t);
-  };
   detail::checkpointed_reverse(
       start, T, checkpoint,
       [&](DeltaNetState<Scalar>& st, Eigen::Index t) {
-        load(t);
-        st.step_unchecked(q, k, v, beta[t], o);
+        c.load(t);
+        st.step_unchecked(c.q, c.k, c.v, beta[t], o);
       },
       [&](const DeltaNetState<Scalar>& pre, Eigen::Index t) {
-        load(t);
-        go = dOc.col(t);
-        detail::deltanet_step_adjoint(pre, q, k, v, beta[t], go, gS, gq, gk, gv, g.dbeta[t], scratch);
-        gqc.col(t) = gq;
-        gkc.col(t) = gk;
-        gvc.col(t) = gv;
+        c.load_adjoint(t);
+        detail::deltanet_step_adjoint(pre, c.q, c.k, c.v, beta[t], c.go, gS, c.gq, c.gk, c.gv, g.dbeta[t], scratch);
+        c.store(t);
       });
-  g.dq = gqc.transpose();
-  g.dk = gkc.transpose();
-  g.dv = gvc.transpose();
+  c.finish(g);
   g.dS0 = gS;
   return g;
 }

@@ -284,8 +284,8 @@ struct ChunkedLayout {
 /// A warps reach at one instruction and the S warps at another. Neither `__syncthreads` nor
 /// `bar.sync` (= barrier.sync.aligned): the CUDA model and the PTX ISA define those only where
 /// every thread reaches the same instruction under the same condition, and compute-sanitizer's
-/// synccheck reports both here ("divergent thread(s) in block"; docs/cuda.md, "Checked by
-/// compute-sanitizer"). `barrier.sync` without .aligned is the barrier defined for threads that
+/// synccheck reports both here ("divergent thread(s) in block"; include/vla/cuda/README.md,
+/// "compute-sanitizer"). `barrier.sync` without .aligned is the barrier defined for threads that
 /// arrive from different code; every thread of both roles arrives once per chunk.
 template <class Layout>
 __device__ __forceinline__ void chunk_handover() {
