@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -19,10 +20,16 @@ template <class Derived>
 auto elu_plus_one(const Eigen::MatrixBase<Derived>& x) {
   return elu_plus_one(x.array()).matrix();
 }
-/// In place over a raw buffer of n values (e.g. a [B, T, H, dk] tensor).
+/// In place over a raw buffer of n values (e.g. a [B, T, H, dk] tensor); the same values as
+/// elu_plus_one, bit for bit. Branch-free: max(x, 0) + exp(min(x, 0)) is x + 1 for x > 0 (exp(0) = 1
+/// exactly) and 0 + exp(x) otherwise. A branch on the sign of projected activations is mispredicted
+/// about half the time, which made this loop cost as much as the layer's GEMMs.
 template <class Scalar>
 void elu_plus_one_inplace(Scalar* data, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) data[i] = data[i] > Scalar(0) ? data[i] + Scalar(1) : std::exp(data[i]);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const Scalar x = data[i];
+    data[i] = std::max(x, Scalar(0)) + std::exp(std::min(x, Scalar(0)));
+  }
 }
 
 }  // namespace vla
