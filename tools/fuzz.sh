@@ -10,7 +10,7 @@ build=${BUILD_DIR:-build-fuzz}
 CC=clang CXX=clang++ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DVLA_BUILD_FUZZERS=ON -DVLA_ENABLE_CUDA=OFF \
   -DVLA_BUILD_TESTS=OFF -DVLA_BUILD_BENCH=OFF -DVLA_BUILD_EXAMPLES=OFF -DVLA_BUILD_EXPERIMENTS=OFF >/dev/null
 cmake --build "$build" -j"$(nproc)"
-for name in forward state split; do
+for name in forward state split safetensors; do
   work=$(mktemp -d)
   cp tests/fuzz/corpus/"$name"/* "$work"/
   log="$work/log.txt"
