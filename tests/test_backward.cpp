@@ -3,8 +3,11 @@
 // normaliser on and off, huge q; checkpoint sizes give the same bits; float against double.
 #include <Eigen/QR>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 #include "support.hpp"
@@ -68,8 +71,8 @@ Problem make_problem(int dk, int dv, int T, unsigned seed, bool normalize) {
 
 // The loss the backward differentiates, by the forward (VlaState::step).
 double loss(const Problem& p, const vla::VlaSnapshot<double>& init, const MatD& Q, const MatD& K, const MatD& V,
-            const MatD& U) {
-  vla::VlaState<double> st(init, p.cfg);
+            const MatD& U, bool check_positive_definite = true) {
+  vla::VlaState<double> st(init, p.cfg, check_positive_definite);
   double L = 0;
   for (int t = 0; t < Q.rows(); ++t) {
     const VecD o = st.step(Q.row(t).transpose(), K.row(t).transpose(), V.row(t).transpose(), U.row(t).transpose());
@@ -414,4 +417,125 @@ TEST_CASE("backward: the batched backward refuses bad input before writing anyth
   g.d_o = nullptr;
   CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg), Catch::Contains("d_o is required"));
   CHECK(gb.dq == dq_before);  // untouched by every refused call
+}
+
+namespace {
+
+// A NaN with a payload no computation produces: a buffer still holding it, bit for bit, was not written.
+double poison_nan() {
+  const std::uint64_t bits = 0x7ff8dead0000beefull;
+  double x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+bool all_poison(const std::vector<double>& x) {
+  const double p = poison_nan();
+  for (const double& e : x)
+    if (std::memcmp(&e, &p, sizeof p) != 0) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("backward: check_positive_definite = false takes an indefinite initial A as the forward does",
+          "[backward]") {
+  // One sequence, two heads, dk = dv = 2; head 1's A = [[1, 2], [2, 1]]: symmetric, positive diagonal,
+  // eigenvalues 3 and −1. The always-on checks pass; only the Cholesky (check_positive_definite) sees it.
+  Batch b = make_batch(1, 2, 2, 2, {}, 6, 81u);
+  const std::size_t a1 = 4;  // head 1's A in [N, H, dk, dk]
+  b.A0[a1 + 0] = 1, b.A0[a1 + 1] = 2, b.A0[a1 + 2] = 2, b.A0[a1 + 3] = 1;
+  // From this A, δ̃ = 1 + ûᵀAû is no longer >= 1 and A_T is not bounded as an SPD state's is: with a
+  // weight on A_T, du reached ~1e12 and the outputs' share of the loss was lost in its rounding (the
+  // differences in q came out 0). So the final-state weight on A is 0 here.
+  std::fill(b.dA.begin(), b.dA.end(), 0.0);
+  GradBuffers gb;
+  const auto g = gb.args(b, true);
+  for (auto* x : {&gb.dq, &gb.dk, &gb.dv, &gb.du, &gb.dA0, &gb.dS0, &gb.dz0}) std::fill(x->begin(), x->end(), poison_nan());
+  auto all_grads_poison = [&] {
+    for (auto* x : {&gb.dq, &gb.dk, &gb.dv, &gb.du, &gb.dA0, &gb.dS0, &gb.dz0})
+      if (!all_poison(*x)) return false;
+    return true;
+  };
+  vla::CpuOptions on, off;
+  on.threads = off.threads = 1;  // head 0 first: a throw at head 1 would come after head 0's writes
+  off.check_positive_definite = false;
+
+  // The check on: the forward and the backward both refuse head 1 before writing anything.
+  std::fill(b.o.begin(), b.o.end(), poison_nan());
+  CHECK_THROWS_WITH(vla::forward<vla::backend::Cpu>(fwd_args(b, true), b.cfg, on),
+                    Catch::Contains("initial_state of sequence 0, head 1") && Catch::Contains("positive definite"));
+  CHECK(all_poison(b.o));
+  CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg, on),
+                    Catch::Contains("initial_state of sequence 0, head 1") && Catch::Contains("positive definite"));
+  CHECK(all_grads_poison());
+
+  // The check off: the caller vouches for A and vla does not look. The forward runs on the A it was
+  // given, and the backward is the gradient of that same computation: no throw, every head written.
+  REQUIRE_NOTHROW(vla::forward<vla::backend::Cpu>(fwd_args(b, true), b.cfg, off));
+  for (double x : b.o) CHECK(std::isfinite(x));
+  try {
+    vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg, off);
+  } catch (const std::exception& e) {
+    // Before the fix: thrown from the worker at head 1, after head 0's gradients were written.
+    CHECK(all_grads_poison());
+    FAIL("the backward threw with the check off: " << e.what());
+  }
+  for (auto* x : {&gb.dq, &gb.dk, &gb.dv, &gb.du, &gb.dA0, &gb.dS0, &gb.dz0})
+    for (double e : *x) CHECK(std::isfinite(e));
+
+  // Head 1's dq and du against central differences of the forward with the check off.
+  const std::int64_t T = b.T;
+  auto rows = [&](const std::vector<double>& x, int d, int h) {
+    MatD m(T, d);
+    for (std::int64_t t = 0; t < T; ++t)
+      for (int i = 0; i < d; ++i) m(t, i) = x[std::size_t((t * b.H + h) * d + i)];
+    return m;
+  };
+  using RowMatD = Eigen::Matrix<double, -1, -1, Eigen::RowMajor>;
+  Problem p;
+  p.cfg = b.cfg;
+  p.init.A = Eigen::Map<const RowMatD>(b.A0.data() + a1, 2, 2);
+  p.init.S = Eigen::Map<const RowMatD>(b.S0.data() + 4, 2, 2);
+  p.init.z = Eigen::Map<const VecD>(b.z0.data() + 2, 2);
+  p.init.steps = b.steps0[1];
+  p.Q = rows(b.q, 2, 1), p.K = rows(b.k, 2, 1), p.V = rows(b.v, 2, 1), p.U = rows(b.u, 2, 1), p.dO = rows(b.dO, 2, 1);
+  p.dfin.A = Eigen::Map<const RowMatD>(b.dA.data() + a1, 2, 2);
+  p.dfin.S = Eigen::Map<const RowMatD>(b.dS.data() + 4, 2, 2);
+  p.dfin.z = Eigen::Map<const VecD>(b.dz.data() + 2, 2);
+  const MatD fdq = finite_diff(int(T), 2, [&](int i, int j, double h) {
+    MatD x = p.Q;
+    x(i, j) += h;
+    return loss(p, p.init, x, p.K, p.V, p.U, /*check_positive_definite=*/false);
+  });
+  const MatD fdu = finite_diff(int(T), 2, [&](int i, int j, double h) {
+    MatD x = p.U;
+    x(i, j) += h;
+    return loss(p, p.init, p.Q, p.K, p.V, x, /*check_positive_definite=*/false);
+  });
+  INFO("dq\n" << rows(gb.dq, 2, 1) << "\nfd\n" << fdq << "\ndu\n" << rows(gb.du, 2, 1) << "\nfd\n" << fdu);
+  CHECK(rel(rows(gb.dq, 2, 1), fdq) <= 1e-6);
+  CHECK(rel(rows(gb.du, 2, 1), fdu) <= 1e-6);
+
+  // Every head bit for bit the single-head backward from the state the caller vouched for.
+  for (int h = 0; h < 2; ++h) {
+    INFO("head " << h);
+    vla::VlaSnapshot<double> init{Eigen::Map<const RowMatD>(b.A0.data() + 4 * h, 2, 2),
+                                  Eigen::Map<const RowMatD>(b.S0.data() + 4 * h, 2, 2),
+                                  Eigen::Map<const VecD>(b.z0.data() + 2 * h, 2), b.steps0[std::size_t(h)]};
+    vla::VlaSnapshot<double> dfin{Eigen::Map<const RowMatD>(b.dA.data() + 4 * h, 2, 2),
+                                  Eigen::Map<const RowMatD>(b.dS.data() + 4 * h, 2, 2),
+                                  Eigen::Map<const VecD>(b.dz.data() + 2 * h, 2), 0};
+    const auto r = vla::vla_backward<double>(vla::VlaState<double>(init, b.cfg, /*check_positive_definite=*/false),
+                                             rows(b.q, 2, h), rows(b.k, 2, h), rows(b.v, 2, h), rows(b.u, 2, h),
+                                             rows(b.dO, 2, h), &dfin);
+    CHECK(rows(gb.dq, 2, h) == r.dq);
+    CHECK(rows(gb.dk, 2, h) == r.dk);
+    CHECK(rows(gb.dv, 2, h) == r.dv);
+    CHECK(rows(gb.du, 2, h) == r.du);
+    CHECK(MatD(Eigen::Map<const RowMatD>(gb.dA0.data() + 4 * h, 2, 2)) == r.d_initial.A);
+    CHECK(MatD(Eigen::Map<const RowMatD>(gb.dS0.data() + 4 * h, 2, 2)) == r.d_initial.S);
+    CHECK(VecD(Eigen::Map<const VecD>(gb.dz0.data() + 2 * h, 2)) == r.d_initial.z);
+  }
+  // The snapshot overload checks the state itself, positive definiteness included.
+  CHECK_THROWS_WITH(vla::vla_backward<double>(p.init, p.cfg, p.Q, p.K, p.V, p.U, p.dO), Catch::Contains("positive definite"));
 }

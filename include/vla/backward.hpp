@@ -239,9 +239,17 @@ std::int64_t checkpointed_reverse(const State& start, Eigen::Index T, Eigen::Ind
 
 }  // namespace detail
 
-/// Reverse mode through one head's forward of T steps from `initial` (docs/maths.md §9):
+/// Reverse mode through one head's forward of T steps from `start` (docs/maths.md §9):
 /// L = Σ_t ⟨d_o[t], o_t⟩ + ⟨d_final.A, A_T⟩ + ⟨d_final.S, S_T⟩ + ⟨d_final.z, z_T⟩ (d_final optional:
-/// null = zero), returning ∂L/∂(q, k, v, u) and ∂L/∂(initial state).
+/// null = zero), returning ∂L/∂(q, k, v, u) and ∂L/∂(initial state). The configuration is the state's.
+///
+/// `start` is a VlaState, so it has been validated already, by its constructor, with whatever
+/// check_positive_definite its maker chose; this overload checks only the token rows, d_final and the
+/// checkpoint interval, and never re-validates the state. (The batched vla::backward passes the states
+/// its checks loaded, so the state check runs once, up front, with the caller's CpuOptions — see
+/// BackendTraits<backend::Cpu>::backward.) With the check skipped and an A that is not positive
+/// definite, the result is the gradient of what the forward computes from that A (the forward too
+/// runs on it without a word): the same rules (δ floor, output floor) in both directions.
 ///
 /// Memory: the first pass keeps a state every `checkpoint` steps (T/checkpoint states of
 /// dk² + dv·dk + dk numbers), and the reverse pass keeps one block's `checkpoint` pre-step states
@@ -249,11 +257,10 @@ std::int64_t checkpointed_reverse(const State& start, Eigen::Index T, Eigen::Ind
 /// forward at dk = 64, bench/RESULTS.md).
 /// Inputs are validated like the forward's (sizes, finite values), before any work.
 template <class Scalar>
-VlaGradients<Scalar> vla_backward(const VlaSnapshot<Scalar>& initial, const Config& cfg, const Matrix<Scalar>& Q,
-                                  const Matrix<Scalar>& K, const Matrix<Scalar>& V, const Matrix<Scalar>& U,
-                                  const Matrix<Scalar>& dO, const VlaSnapshot<Scalar>* d_final = nullptr,
-                                  Eigen::Index checkpoint = 64, VlaBackwardStats* stats_out = nullptr) {
-  const VlaState<Scalar> start(initial, cfg);  // validates the config and the state
+VlaGradients<Scalar> vla_backward(const VlaState<Scalar>& start, const Matrix<Scalar>& Q, const Matrix<Scalar>& K,
+                                  const Matrix<Scalar>& V, const Matrix<Scalar>& U, const Matrix<Scalar>& dO,
+                                  const VlaSnapshot<Scalar>* d_final = nullptr, Eigen::Index checkpoint = 64,
+                                  VlaBackwardStats* stats_out = nullptr) {
   const Eigen::Index T = Q.rows(), n = start.dk(), m = start.dv();
   detail::check_backward_rows<Scalar>("vla_backward", n, m, checkpoint, Q, K, V, &U, dO);
   auto need = [](bool ok, const char* what) {
@@ -308,9 +315,21 @@ VlaGradients<Scalar> vla_backward(const VlaSnapshot<Scalar>& initial, const Conf
   g.d_initial.A = (gA + gA.transpose()) / Scalar(2);
   g.d_initial.S = gS;
   g.d_initial.z = gz;
-  g.d_initial.steps = initial.steps;
+  g.d_initial.steps = start.steps();
   if (stats_out) *stats_out = stats;
   return g;
+}
+
+/// The same from a snapshot: validates it as a VlaState does (symmetric, positive diagonal, and
+/// positive definite by a Cholesky factorisation), then runs the overload above. To skip the O(dk³)
+/// factorisation, as CpuOptions::check_positive_definite = false does, pass
+/// VlaState<Scalar>(initial, cfg, /*check_positive_definite=*/false) instead.
+template <class Scalar>
+VlaGradients<Scalar> vla_backward(const VlaSnapshot<Scalar>& initial, const Config& cfg, const Matrix<Scalar>& Q,
+                                  const Matrix<Scalar>& K, const Matrix<Scalar>& V, const Matrix<Scalar>& U,
+                                  const Matrix<Scalar>& dO, const VlaSnapshot<Scalar>* d_final = nullptr,
+                                  Eigen::Index checkpoint = 64, VlaBackwardStats* stats_out = nullptr) {
+  return vla_backward<Scalar>(VlaState<Scalar>(initial, cfg), Q, K, V, U, dO, d_final, checkpoint, stats_out);
 }
 
 /// Gradients of a scalar loss with respect to one head's baseline forward (docs/maths.md §9b). Rows

@@ -291,6 +291,16 @@ struct BackendTraits<backend::Cpu> {
   /// (0 = 64). Validates everything the forward does (check_call, checked_states), plus d_o, d_final_state and
   /// which gradients the op has, before writing anything; on a throw the gradient buffers are
   /// untouched. State parts: VLA A, S, z; linear attention S, z; DeltaNet S (as the forward's).
+  ///
+  /// Initial states are validated once, by checked_states, with opt.check_positive_definite exactly
+  /// as the forward validates them, and the workers run on those states without checking them again.
+  /// So with the check off the backward follows the forward: an A that is symmetric with a positive
+  /// diagonal but not positive definite is run by the forward without a word, and the backward returns
+  /// the gradient of that same computation (neither throws). The alternative, a positive-definiteness
+  /// check always run for the backward, was not taken: the flag means one thing for both directions
+  /// (the caller vouches for A, e.g. states vla produced, and vla does not look), and a backward that
+  /// refused what its forward with the same options accepted would break a training step after its
+  /// forward had succeeded.
   template <class Op, class Scalar>
   static void backward(const ForwardArgs<Scalar, Scalar>& a, const GradArgs<Scalar, Scalar>& g, const Config& cfg,
                        CpuOptions opt = {}) {
@@ -351,8 +361,10 @@ struct BackendTraits<backend::Cpu> {
           if (has_dfinal)
             dfin = {detail::CRowMat<Scalar>(g.d_final_state.A + p * a.dk * a.dk, a.dk, a.dk), dS,
                     detail::CMap<Scalar>(g.d_final_state.z + p * a.dk, a.dk), 0};
-          VlaGradients<Scalar> r = vla_backward<Scalar>(st.save(), cfg, Q, K, V, U, dO, has_dfinal ? &dfin : nullptr,
-                                                        checkpoint);
+          // The state checked_states loaded, not a snapshot of it: re-validating here (a VlaState built
+          // again, its Cholesky included) would check with other options than the caller's and throw
+          // from a worker after other pairs had written (see the comment at checked_states).
+          VlaGradients<Scalar> r = vla_backward<Scalar>(st, Q, K, V, U, dO, has_dfinal ? &dfin : nullptr, checkpoint);
           if (g.d_u) Rows(g.d_u + xk, len, a.dk, sk) = r.du;
           if (want_dinit) detail::RowMat<Scalar>(g.d_initial_state.A + p * a.dk * a.dk, a.dk, a.dk) = r.d_initial.A;
           dq = std::move(r.dq), dk = std::move(r.dk), dv = std::move(r.dv);
@@ -401,7 +413,10 @@ struct BackendTraits<backend::Cpu> {
   }
 
   /// What they check next, before anything is written: cu_seqlens, finite inputs, β in (0, 1]; then
-  /// every initial state, loaded (and so validated) and returned, a bad one named by (sequence, head).
+  /// every initial state, loaded (and so validated, A's positive definiteness only when
+  /// opt.check_positive_definite) and returned, a bad one named by (sequence, head). The one place a
+  /// batched call validates its states: the forward and the backward run on what this returns and
+  /// check no state again (a second check, with other options, could throw after writes began).
   template <class Op, class Scalar>
   static std::vector<typename detail::CpuOp<Op, Scalar>::State> checked_states(const ForwardArgs<Scalar, Scalar>& a,
                                                                                const Config& cfg, const CpuOptions& opt) {
