@@ -411,12 +411,21 @@ TEST_CASE("backward: the batched backward refuses bad input before writing anyth
   b.dS[3] = INFINITY;
   CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg), Catch::Contains("d_final_state.S"));
   b.dS[3] = 0.5;
+  const double a01 = b.A0[1];
   b.A0[1] = -b.A0[1] + 3.0;  // no longer symmetric
   CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg),
                     Catch::Contains("initial_state of sequence 0, head 0"));
+  b.A0[1] = a01;
+  // One fault per call: which fault a call with several names is not part of the contract.
   g.d_o = nullptr;
   CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg), Catch::Contains("d_o is required"));
+  g.d_o = b.dO.data();
+  vla::CpuOptions opt;
+  opt.chunk = -1;  // the backward's chunk is its checkpoint interval, and the message says so
+  CHECK_THROWS_WITH(vla::backward<vla::backend::Cpu>(fwd_args(b, true), g, b.cfg, opt),
+                    Catch::Contains("CpuOptions::chunk (the checkpoint interval) must be >= 0"));
   CHECK(gb.dq == dq_before);  // untouched by every refused call
+  CHECK(gb.dA0 == std::vector<double>(b.A0.size(), 12345.0));
 }
 
 namespace {

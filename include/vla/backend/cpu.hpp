@@ -290,7 +290,14 @@ struct BackendTraits<backend::Cpu> {
   /// over the pairs (results do not depend on the thread count), checkpoints every opt.chunk steps
   /// (0 = 64). Validates everything the forward does (check_call, checked_states), plus d_o, d_final_state and
   /// which gradients the op has, before writing anything; on a throw the gradient buffers are
-  /// untouched. State parts: VLA A, S, z; linear attention S, z; DeltaNet S (as the forward's).
+  /// untouched. When several things are wrong, which one the message names is not part of the
+  /// contract (the order of the checks is free to change); that nothing is written is.
+  ///
+  /// State parts: VLA A, S, z; linear attention S, z; DeltaNet S (as the forward's). The parts an op
+  /// lacks are ignored in initial_state, d_final_state and d_initial_state alike — not read, not
+  /// checked, not written (linear attention's backward leaves a given d_initial_state.A as it was) —
+  /// and steps is never a gradient. Token gradients an op lacks (d_u, d_beta) are refused instead: a
+  /// caller asking for one expects it filled.
   ///
   /// Initial states are validated once, by checked_states, with opt.check_positive_definite exactly
   /// as the forward validates them, and the workers run on those states without checking them again.
@@ -407,7 +414,9 @@ struct BackendTraits<backend::Cpu> {
     cfg.validate_for<Scalar>();
     detail::check_args<Op>(a);
     if (opt.threads < 0) detail::bad_arg("CpuOptions::threads must be >= 0");
-    if (opt.chunk < 0) detail::bad_arg("CpuOptions::chunk must be >= 0");
+    // One check; the message says what chunk is to the caller (the backward's checkpoint interval).
+    if (opt.chunk < 0)
+      detail::bad_arg(forward ? "CpuOptions::chunk must be >= 0" : "CpuOptions::chunk (the checkpoint interval) must be >= 0");
     if (forward && std::is_same<Op, op::LinearAttention>::value && opt.path == Path::chunked)
       detail::bad_arg("no chunked path (Path::chunked is for VLA and DeltaNet)", Op::name);
   }
