@@ -3,7 +3,10 @@
 // initial state; normaliser on and off, the output floor binding, a zero key), float against
 // double, and the batched vla::backward against the single-head routines bit for bit.
 #include <cmath>
+#include <cstdint>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include "support.hpp"
 #include "vla/backward.hpp"
@@ -62,22 +65,34 @@ double dn_loss(const BaseProblem& p, const MatD& S0, const MatD& Q, const MatD& 
   return L + (p.dS.array() * st.S().array()).sum();
 }
 
-// Central differences of f over every entry of x (a matrix or a vector), step 1e-6.
+// Central differences of f over every entry of x (a matrix or a vector), step h (1e-6 unless told).
 template <class X, class F>
-X fd_of(const X& x, F&& f) {
+X fd_of(const X& x, F&& f, double h = 1e-6) {
   X g(x.rows(), x.cols());
   for (Eigen::Index i = 0; i < x.size(); ++i) {
     X a = x, b = x;
-    a.data()[i] += 1e-6;
-    b.data()[i] -= 1e-6;
-    g.data()[i] = (f(a) - f(b)) / 2e-6;
+    a.data()[i] += h;
+    b.data()[i] -= h;
+    g.data()[i] = (f(a) - f(b)) / (2 * h);
   }
   return g;
 }
 
+// zᵀq of each step's output (z₂ = z0 + k_0 + … + k_t), as the forward forms it.
+std::vector<double> step_zq(const VecD& z0, const MatD& Q, const MatD& K) {
+  std::vector<double> out;
+  VecD z = z0;
+  for (Eigen::Index t = 0; t < Q.rows(); ++t) {
+    z += K.row(t).transpose();
+    out.push_back(z.dot(Q.row(t).transpose()));
+  }
+  return out;
+}
+
+// stableNorm: the huge-q gradients (~1e-306 and ~1e299) would under- or overflow a plain sum of squares.
 template <class X>
 double rel(const X& got, const X& want) {
-  return (got - want).norm() / want.norm();
+  return (got - want).stableNorm() / want.stableNorm();
 }
 
 }  // namespace
@@ -237,4 +252,222 @@ TEST_CASE("baselines' batched backward is the single-head one for every (sequenc
   CHECK_THROWS_WITH((vla::backward<vla::backend::Cpu, vla::op::LinearAttention>(a, g, cfg)),
                     Catch::Contains("d_final_state must give all of S, z or none"));
   CHECK(gq == gq_before);
+}
+
+TEST_CASE("linear attention backward: huge q takes the forward's rescaled output, and the gradient is its derivative",
+          "[backward][baselines][magnitude]") {
+  // q ~ 1e306 and z ~ 1e3: every zᵀq overflows, so the forward computes o from q̃ = q/max|q| through
+  // rules::rescaled_output (detail::finish_output) on every step. Both branches of that rule: zᵀq̃·m
+  // above ε_den (o = S q̃ / zᵀq̃) and, with z negative, below it (o = S q̃ · m/ε_den, the floor).
+  // Central differences in double, the step relative to each input's scale (1e300 for q).
+  for (bool floored : {false, true}) {
+    INFO((floored ? "floor branch" : "ratio branch"));
+    BaseProblem p = make_base(4, 3, 6, floored ? 92u : 91u, true);
+    p.Q *= 1e306;
+    p.z0 = (floored ? -1e3 : 1e3) * p.z0.cwiseMax(0.5);
+    if (floored) p.cfg.denom_eps = 1e6;  // keeps o = S q / ε_den finite (~1e300)
+    for (double zq : step_zq(p.z0, p.Q, p.K)) REQUIRE_FALSE(std::isfinite(zq));  // the rescaled path, every step
+    const auto g = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 4);
+    CHECK(g.floored_steps == (floored ? 6 : 0));
+    REQUIRE(g.dq.allFinite());
+    // dq ~ 1e-309 on the ratio branch (o has degree 0 in q, and z ~ 1e3), so the loss's moves are
+    // ~1e-9: its final-state terms (~1e3, constant in q) are left out of the differences, or their
+    // rounding would swamp them (5e-4 measured with them in).
+    BaseProblem pq = p;
+    pq.dS.setZero(), pq.dz.setZero();
+    CHECK(rel(g.dq, fd_of(p.Q, [&](const MatD& x) { return la_loss(pq, p.S0, p.z0, x, p.K, p.V); }, 1e300)) <= 1e-6);
+    // The others at their own scales (L ~ 1e300 on the floor branch: the step grows with it).
+    const double h = floored ? 1e-2 : 1e-6;
+    CHECK(rel(g.dk, fd_of(p.K, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, p.Q, x, p.V); }, h)) <= 1e-6);
+    CHECK(rel(g.dv, fd_of(p.V, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, p.Q, p.K, x); }, h)) <= 1e-6);
+    CHECK(rel(g.dS0, fd_of(p.S0, [&](const MatD& x) { return la_loss(p, x, p.z0, p.Q, p.K, p.V); }, h)) <= 1e-6);
+    if (floored) {
+      // No gradient through zᵀq where the floor binds: only the final-state weight, exactly. (Differences
+      // cannot see it: the O(1) term dzᵀz_T is below the rounding of L ~ 1e301.)
+      CHECK(g.dz0 == p.dz);
+    } else {
+      CHECK(rel(g.dz0, fd_of(p.z0, [&](const VecD& x) { return la_loss(p, p.S0, x, p.Q, p.K, p.V); }, 1e-3)) <= 1e-6);
+    }
+  }
+}
+
+TEST_CASE("linear attention backward: a stream where the output floor binds on some steps and not others",
+          "[backward][baselines]") {
+  // z0 negative, keys positive: z₂ᵀq starts below ε_den and climbs past it, so the first steps are
+  // floored (o = S q / ε_den, nothing through z) and the later ones are not. Every step is kept 1e-3
+  // from the kink, so the differences (step 1e-6) see one branch per step.
+  BaseProblem p = make_base(3, 2, 12, 93u, true);
+  p.z0 = VecD::Constant(3, -8.0);
+  p.cfg.denom_eps = 1e-2;
+  int below = 0;
+  for (double zq : step_zq(p.z0, p.Q, p.K)) {
+    REQUIRE(std::abs(zq - p.cfg.denom_eps) > 1e-3);
+    below += zq <= p.cfg.denom_eps;
+  }
+  const auto g = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 5);
+  CHECK(g.floored_steps == below);
+  REQUIRE(below > 0);
+  REQUIRE(below < 12);
+  CHECK(rel(g.dq, fd_of(p.Q, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, x, p.K, p.V); })) <= 1e-6);
+  CHECK(rel(g.dk, fd_of(p.K, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, p.Q, x, p.V); })) <= 1e-6);
+  CHECK(rel(g.dv, fd_of(p.V, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, p.Q, p.K, x); })) <= 1e-6);
+  CHECK(rel(g.dS0, fd_of(p.S0, [&](const MatD& x) { return la_loss(p, x, p.z0, p.Q, p.K, p.V); })) <= 1e-6);
+  CHECK(rel(g.dz0, fd_of(p.z0, [&](const VecD& x) { return la_loss(p, p.S0, x, p.Q, p.K, p.V); })) <= 1e-6);
+}
+
+namespace {
+
+// A varlen batch in [tokens, H, d] (double), with warm initial states and final-state weights.
+struct BaseBatch {
+  std::vector<std::int64_t> cu;
+  int N = 0, H = 0, dk = 0, dv = 0;
+  std::vector<double> q, k, v, dO, beta, S0, z0, dS, dz;
+  MatD rows(const std::vector<double>& x, int d, int n, int h) const {
+    const std::int64_t first = cu[n], len = cu[n + 1] - cu[n];
+    MatD m(len, d);
+    for (std::int64_t t = 0; t < len; ++t)
+      for (int i = 0; i < d; ++i) m(t, i) = x[std::size_t(((first + t) * H + h) * d + i)];
+    return m;
+  }
+  VecD betas(int n, int h) const {
+    VecD b(cu[n + 1] - cu[n]);
+    for (Eigen::Index t = 0; t < b.size(); ++t) b[t] = beta[std::size_t((cu[n] + t) * H + h)];
+    return b;
+  }
+};
+
+BaseBatch make_base_batch(std::vector<std::int64_t> cu, int H, int dk, int dv, unsigned seed) {
+  BaseBatch b;
+  b.cu = std::move(cu);
+  b.N = int(b.cu.size()) - 1, b.H = H, b.dk = dk, b.dv = dv;
+  const std::size_t tokens = std::size_t(b.cu.back()), P = std::size_t(b.N * H);
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> n01;
+  std::uniform_real_distribution<double> u01(0.1, 1.0);
+  auto rnd = [&](std::vector<double>& x, std::size_t n, bool feature, double scale = 1) {
+    x.resize(n);
+    for (double& e : x) e = feature ? elu1(n01(rng)) : scale * n01(rng);
+  };
+  rnd(b.q, tokens * H * dk, true), rnd(b.k, tokens * H * dk, true), rnd(b.v, tokens * H * dv, false);
+  rnd(b.dO, tokens * H * dv, false), rnd(b.S0, P * dv * dk, false, 0.3), rnd(b.z0, P * dk, true);
+  rnd(b.dS, P * dv * dk, false), rnd(b.dz, P * dk, false);
+  b.beta.resize(tokens * H);
+  for (double& e : b.beta) e = u01(rng);
+  return b;
+}
+
+template <class To>
+std::vector<To> cast_all(const std::vector<double>& x) {
+  return std::vector<To>(x.begin(), x.end());
+}
+
+}  // namespace
+
+TEST_CASE("baselines' batched backward in float is within 1e-4 of the double single-head one (varlen)",
+          "[backward][baselines]") {
+  // Lengths 150, 0, 300, 1; H = 2, dk 8, dv 4; warm states, d_final given; two threads, checkpoint 16.
+  const BaseBatch b = make_base_batch({0, 150, 150, 450, 451}, 2, 8, 4, 94u);
+  const int dk = b.dk, dv = b.dv, H = b.H;
+  std::vector<float> q = cast_all<float>(b.q), k = cast_all<float>(b.k), v = cast_all<float>(b.v),
+                     dO = cast_all<float>(b.dO), beta = cast_all<float>(b.beta), S0 = cast_all<float>(b.S0),
+                     z0 = cast_all<float>(b.z0), dS = cast_all<float>(b.dS), dz = cast_all<float>(b.dz),
+                     o(b.v.size()), gq(q.size()), gk(k.size()), gv(v.size()), gb(beta.size()), gS0(S0.size()),
+                     gz0(z0.size());
+  vla::ForwardArgs<float> a;
+  a.batch = b.N, a.heads = H, a.dk = dk, a.dv = dv, a.cu_seqlens = b.cu.data();
+  a.q = q.data(), a.k = k.data(), a.v = v.data(), a.beta = beta.data(), a.o = o.data();
+  vla::GradArgs<float> g;
+  g.d_o = dO.data();
+  g.d_q = gq.data(), g.d_k = gk.data(), g.d_v = gv.data();
+  vla::CpuOptions opt;
+  opt.threads = 2;
+  opt.chunk = 16;
+  const vla::Config cfg;
+  auto frows = [&](const std::vector<float>& x, int d, int n, int h) {
+    return b.rows(std::vector<double>(x.begin(), x.end()), d, n, h);
+  };
+  auto close = [](const MatD& got, const MatD& want, const char* what) {
+    INFO(what << " rel " << rel(got, want));
+    if (want.size() == 0) return;
+    CHECK(rel(got, want) <= 1e-4);
+  };
+  for (int op = 0; op < 2; ++op) {  // 0: linear attention, 1: DeltaNet
+    if (op == 0) {
+      a.initial_state = {nullptr, S0.data(), z0.data(), nullptr};
+      g.d_final_state = {nullptr, dS.data(), dz.data(), nullptr};
+      g.d_initial_state = {nullptr, gS0.data(), gz0.data(), nullptr};
+      vla::backward<vla::backend::Cpu, vla::op::LinearAttention>(a, g, cfg, opt);
+    } else {
+      a.initial_state = {nullptr, S0.data(), nullptr, nullptr};
+      g.d_final_state = {nullptr, dS.data(), nullptr, nullptr};
+      g.d_initial_state = {nullptr, gS0.data(), nullptr, nullptr};
+      g.d_beta = gb.data();
+      vla::backward<vla::backend::Cpu, vla::op::DeltaNet>(a, g, cfg, opt);
+    }
+    for (int n = 0; n < b.N; ++n)
+      for (int h = 0; h < H; ++h) {
+        const int p = n * H + h;
+        INFO("op " << op << ", sequence " << n << ", head " << h);
+        const MatD s0 = Eigen::Map<const RowMatD>(b.S0.data() + p * dv * dk, dv, dk);
+        const MatD ds = Eigen::Map<const RowMatD>(b.dS.data() + p * dv * dk, dv, dk);
+        const VecD zz = Eigen::Map<const VecD>(b.z0.data() + p * dk, dk), dzz = Eigen::Map<const VecD>(b.dz.data() + p * dk, dk);
+        const MatD Q = b.rows(b.q, dk, n, h), K = b.rows(b.k, dk, n, h), V = b.rows(b.v, dv, n, h),
+                   D = b.rows(b.dO, dv, n, h);
+        const vla::BaselineGradients<double> r =
+            op == 0 ? vla::linear_attention_backward<double>(s0, zz, cfg, Q, K, V, D, &ds, &dzz)
+                    : vla::deltanet_backward<double>(s0, Q, K, V, b.betas(n, h), D, &ds);
+        close(frows(gq, dk, n, h), r.dq, "dq");
+        close(frows(gk, dk, n, h), r.dk, "dk");
+        close(frows(gv, dv, n, h), r.dv, "dv");
+        close(Eigen::Map<const Eigen::Matrix<float, -1, -1, Eigen::RowMajor>>(gS0.data() + p * dv * dk, dv, dk).cast<double>(),
+              r.dS0, "dS0");
+        if (op == 0) close(Eigen::Map<const Eigen::VectorXf>(gz0.data() + p * dk, dk).cast<double>(), r.dz0, "dz0");
+        if (op == 1) {
+          VecD db(r.dbeta.size());
+          for (Eigen::Index t = 0; t < db.size(); ++t) db[t] = gb[std::size_t((b.cu[n] + t) * H + h)];
+          close(db, r.dbeta, "dbeta");
+        }
+      }
+  }
+}
+
+TEST_CASE("baselines' batched backward ignores the state parts its op lacks: not read, not checked, not written",
+          "[backward][baselines]") {
+  // Linear attention has no A and no steps; DeltaNet has no A, z or steps. Those pointers are given
+  // with NaN inputs and poisoned outputs: the gradients equal the call without them, the poison stays.
+  const BaseBatch b = make_base_batch({0, 7, 12}, 2, 3, 2, 95u);
+  const std::size_t P = 4, dk = 3, dv = 2;
+  std::vector<double> o(b.v.size()), nanA(P * dk * dk, std::nan("")), nanz(P * dk, std::nan(""));
+  const std::vector<std::int64_t> steps_in(P, -5);
+  auto run = [&](int op, bool extra, std::vector<double>& gq, std::vector<double>& gS0, std::vector<double>& gz0,
+                 std::vector<double>& gA0, std::vector<std::int64_t>& gsteps) {
+    vla::ForwardArgs<double> a;
+    a.batch = b.N, a.heads = b.H, a.dk = int(dk), a.dv = int(dv), a.cu_seqlens = b.cu.data();
+    a.q = b.q.data(), a.k = b.k.data(), a.v = b.v.data(), a.beta = b.beta.data(), a.o = o.data();
+    const bool z = op == 0;
+    a.initial_state = {extra ? nanA.data() : nullptr, b.S0.data(), z ? b.z0.data() : extra ? nanz.data() : nullptr,
+                       extra ? steps_in.data() : nullptr};
+    vla::GradArgs<double> g;
+    g.d_o = b.dO.data();
+    g.d_q = gq.data();
+    g.d_final_state = {extra ? nanA.data() : nullptr, b.dS.data(), z ? b.dz.data() : extra ? nanz.data() : nullptr,
+                       extra ? steps_in.data() : nullptr};
+    g.d_initial_state = {extra ? gA0.data() : nullptr, gS0.data(), (z || extra) ? gz0.data() : nullptr,
+                         extra ? gsteps.data() : nullptr};
+    if (op == 0) vla::backward<vla::backend::Cpu, vla::op::LinearAttention>(a, g, vla::Config{});
+    else vla::backward<vla::backend::Cpu, vla::op::DeltaNet>(a, g, vla::Config{});
+  };
+  for (int op = 0; op < 2; ++op) {
+    INFO("op " << op);
+    std::vector<double> gq1(b.q.size()), gS1(b.S0.size()), gz1(b.z0.size(), 777.0), gA1;
+    std::vector<double> gq2(b.q.size()), gS2(b.S0.size()), gz2(b.z0.size(), 777.0), gA2(P * dk * dk, 777.0);
+    std::vector<std::int64_t> st1, st2(P, 777);
+    run(op, false, gq1, gS1, gz1, gA1, st1);
+    REQUIRE_NOTHROW(run(op, true, gq2, gS2, gz2, gA2, st2));
+    CHECK(gq2 == gq1);
+    CHECK(gS2 == gS1);
+    CHECK(gz2 == gz1);  // linear attention: its dz0, the same; DeltaNet: 777 untouched in both
+    CHECK(gA2 == std::vector<double>(P * dk * dk, 777.0));
+    CHECK(st2 == std::vector<std::int64_t>(P, 777));
+  }
 }
