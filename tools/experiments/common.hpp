@@ -263,5 +263,6 @@ void run_jacobian(const Options& o);
 void run_recall(const Options& o);
 void run_time_split(const Options& opt);
 void run_soak(const Options& opt);
+void run_state_norm_tinylm(const Options& opt);  // only where vla::io is built (VLA_EXPERIMENTS_TINYLM)
 
 }  // namespace vlaexp

@@ -1,6 +1,6 @@
 // vla_experiments: reproduces and stresses the paper's claims (docs/experiments.md).
 //
-//   vla_experiments [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall|time_split|soak]...
+//   vla_experiments [--out DIR] [--threads N] [--scale X] [all|state_norm|state_norm_tinylm|adversarial|jacobian|recall|time_split|soak]...
 //
 // Writes CSVs to DIR (default docs/figures) and Markdown tables to DIR/tables/. Every random
 // number comes from fixed seeds, so a rerun reproduces the files (on the same build).
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
     else if (a == "--scale")
       opt.scale = std::atof(value().c_str());
     else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s [--out DIR] [--threads N] [--scale X] [all|state_norm|adversarial|jacobian|recall|time_split|soak]...\n",
+      std::printf("usage: %s [--out DIR] [--threads N] [--scale X] [all|state_norm|state_norm_tinylm|adversarial|jacobian|recall|time_split|soak]...\n",
                   argv[0]);
       return 0;
     } else
@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(opt.out_dir + "/tables");
   const std::vector<std::pair<std::string, void (*)(const vlaexp::Options&)>> all = {
       {"state_norm", vlaexp::run_state_norm},
+#ifdef VLA_EXPERIMENTS_TINYLM
+      {"state_norm_tinylm", vlaexp::run_state_norm_tinylm},
+#endif
       {"adversarial", vlaexp::run_adversarial},
       {"jacobian", vlaexp::run_jacobian},
       {"recall", vlaexp::run_recall},
