@@ -1,0 +1,541 @@
+// vla/cuda/tinylm.cuh — the TinyLM of vla/models/tinylm.hpp on the GPU (include from .cu files; link
+// CUDA::cublas and vla::io). Projections are cuBLAS SGEMMs (fp32, no TF32), the elementwise work is a
+// few small kernels, the recurrence is the CUDA op (vla/cuda/forward.cuh for a prompt, decode_step
+// for one token per sequence), and the per-layer state cache is a vla::cuda::DeviceStates pool
+// indexed by sequence slot (docs/layers.md).
+//
+//   vla::models::TinyLM<vla::backend::Cuda, float> model;
+//   vla::cuda::Status st = vla::models::TinyLM<vla::backend::Cuda, float>::load(dir, stream, model);
+//   vla::models::TinyLM<vla::backend::Cuda, float>::Cache cache;
+//   st = model.make_cache(/*slots*/ 8, stream, cache);
+//   st = model.prefill(tokens, /*batch*/ 2, cache, /*first slot*/ 0, stream);   // tokens [2, T]
+//   std::vector<float> logits = model.logits_to_host(stream);                    // [2·T, vocab]
+//   st = model.decode(next_tokens, cache, slots, stream);                        // one per slot
+//
+// Every argument is checked on the host before anything is launched (a Status names it). A device
+// error in the middle of a call (a failed launch or GEMM) is returned as it comes; the layers before
+// it have advanced their slots then, so the caller restores or resets them.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "vla/cuda/vla_cuda.cuh"
+#include "vla/io/safetensors.hpp"
+#include "vla/models/tinylm_config.hpp"
+
+namespace vla {
+namespace models {
+
+template <class Backend, class Scalar>
+class TinyLM;
+
+namespace cuda_detail {
+
+enum Act : int { kNone = 0, kEluPlusOne = 1, kGelu = 2, kSigmoidBeta = 3 };
+
+/// y[r, c] = act(y[r, c] + bias[c]) (bias may be null). kSigmoidBeta: DeltaNet's β, a sigmoid floored
+/// at the smallest normal float, as the CPU layer does (β must be in (0, 1]).
+__global__ void bias_act(float* y, const float* bias, std::int64_t rows, int cols, int act) {
+  const std::int64_t n = rows * cols;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    float x = y[i] + (bias ? bias[i % cols] : 0.f);
+    if (act == kEluPlusOne) x = fmaxf(x, 0.f) + expf(fminf(x, 0.f));
+    if (act == kGelu) x = 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    if (act == kSigmoidBeta) x = fmaxf(1.f / (1.f + expf(-x)), 1.17549435e-38f);
+    y[i] = x;
+  }
+}
+
+/// One warp per row: y = (x − mean) / √(var + eps) · γ + β (biased variance, as nn.LayerNorm).
+/// With add_bias, x ← x + add_bias first (written back): the bias of the GEMM whose output was
+/// accumulated into x (the residual), folded into the norm that reads x next — one launch fewer.
+__global__ void layer_norm(float* x, float* y, const float* g, const float* b, const float* add_bias, std::int64_t rows, int d,
+                           float eps) {
+  const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  float* xr = x + row * d;
+  if (add_bias) {
+    for (int c = lane; c < d; c += 32) xr[c] += add_bias[c];
+    __syncwarp();
+  }
+  float s = 0.f;
+  for (int c = lane; c < d; c += 32) s += xr[c];
+  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  const float mean = s / static_cast<float>(d);
+  float v = 0.f;
+  for (int c = lane; c < d; c += 32) {
+    const float t = xr[c] - mean;
+    v += t * t;
+  }
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const float inv = rsqrtf(v / static_cast<float>(d) + eps);
+  for (int c = lane; c < d; c += 32) y[row * d + c] = (xr[c] - mean) * inv * g[c] + b[c];
+}
+
+/// q, k, v (three buffers `stride` floats apart) get their biases (any may be null); q through
+/// ELU+1, k through ELU+1 when elu_k (VLA's u is projected from the raw keys first, so not then).
+__global__ void qkv_bias_act(float* q, std::int64_t stride, const float* bq, const float* bk, const float* bv, std::int64_t rows,
+                             int d, bool elu_k) {
+  const std::int64_t n = rows * d;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < 3 * n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int part = static_cast<int>(i / n);
+    const std::int64_t j = i - part * n;
+    const float* bias = part == 0 ? bq : part == 1 ? bk : bv;
+    float x = q[part * stride + j] + (bias ? bias[j % d] : 0.f);
+    if (part == 0 || (part == 1 && elu_k)) x = fmaxf(x, 0.f) + expf(fminf(x, 0.f));
+    q[part * stride + j] = x;
+  }
+}
+
+/// x[r] = tok[tokens[r]] + pos[positions[r]].
+__global__ void embed(const std::int64_t* tokens, const std::int64_t* positions, const float* tok, const float* pos,
+                      float* x, std::int64_t rows, int d) {
+  const std::int64_t n = rows * d;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / d, c = i % d;
+    x[i] = tok[tokens[r] * d + c] + pos[positions[r] * d + c];
+  }
+}
+
+inline unsigned grid_for(std::int64_t n) { return static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 4096)); }
+
+}  // namespace cuda_detail
+
+/// TinyLM on the GPU, fp32 throughout (tokens, GEMMs, state). Move-only; owns its device memory
+/// and its cuBLAS handle.
+template <>
+class TinyLM<backend::Cuda, float> {
+ public:
+  using Status = cuda::Status;
+
+  /// Per-layer state pools and each slot's position (tokens already in it), kept on the host.
+  struct Cache {
+    std::vector<cuda::DeviceStates> layers;
+    std::vector<std::int64_t> positions;
+    std::int64_t slots() const { return static_cast<std::int64_t>(positions.size()); }
+  };
+
+  TinyLM() = default;
+  TinyLM(const TinyLM&) = delete;
+  TinyLM& operator=(const TinyLM&) = delete;
+  TinyLM(TinyLM&& o) noexcept { swap(o); }
+  TinyLM& operator=(TinyLM&& o) noexcept {
+    if (this != &o) {
+      release();
+      swap(o);
+    }
+    return *this;
+  }
+  ~TinyLM() { release(); }
+
+  /// Uploads `tensors` (named as the authors' state_dict; docs/layers.md) after checking every
+  /// shape against `cfg`. On an error `out` is left as it was.
+  static Status create(const TinyLMConfig& cfg, const TensorMap& map, cudaStream_t stream, TinyLM& out) {
+    const auto& tensors = map.tensors();
+    try {
+      cfg.validate();
+    } catch (const std::exception& e) {
+      return Status::invalid(std::string("vla::models::TinyLM<Cuda>: ") + e.what());
+    }
+    const std::int64_t d = cfg.d_model, H = cfg.n_heads, dh = d / H;
+    if (dh != 32 && dh != 64 && dh != 128)
+      return Status::invalid("vla::models::TinyLM<Cuda>: head size " + std::to_string(dh) +
+                             " (d_model / n_heads): the CUDA op is built for 32, 64 and 128");
+    TinyLM m;
+    m.cfg_ = cfg;
+    // The layout of every parameter in one device allocation: (name, shape, required).
+    struct Want {
+      std::string name;
+      std::vector<std::int64_t> shape;
+      bool required;
+    };
+    std::vector<Want> want = {{"tok.weight", {cfg.vocab_size, d}, true}, {"pos.weight", {cfg.max_seq_len, d}, true},
+                              {"ln_f.weight", {d}, true}, {"ln_f.bias", {d}, true},
+                              {"head.weight", {cfg.vocab_size, d}, false}};
+    for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
+      const std::string b = "blocks." + std::to_string(l) + ".";
+      for (const char* ln : {"ln1", "ln2"}) {
+        want.push_back({b + ln + ".weight", {d}, true});
+        want.push_back({b + ln + ".bias", {d}, true});
+      }
+      // W_q, W_k, W_v side by side (d·d floats apart): one strided-batched GEMM projects all three.
+      for (const char* p : {"Wq", "Wk", "Wv", "Wo"}) want.push_back({b + "attn." + p + ".weight", {d, d}, true});
+      for (const char* p : {"Wq", "Wk", "Wv", "Wo"}) want.push_back({b + "attn." + p + ".bias", {d}, false});
+      if (cfg.attention == layers::AttentionKind::vla) want.push_back({b + "attn.Wu.weight", {d, d}, true});
+      if (cfg.attention == layers::AttentionKind::deltanet) {
+        want.push_back({b + "attn.Wbeta.weight", {H, d}, true});
+        want.push_back({b + "attn.Wbeta.bias", {H}, false});
+      }
+      want.push_back({b + "attn.norm_o.weight", {d}, false});
+      want.push_back({b + "attn.norm_o.bias", {d}, false});
+      want.push_back({b + "ff.0.weight", {cfg.d_ff, d}, true});
+      want.push_back({b + "ff.0.bias", {cfg.d_ff}, false});
+      want.push_back({b + "ff.2.weight", {d, cfg.d_ff}, true});
+      want.push_back({b + "ff.2.bias", {d}, false});
+    }
+    auto shape_str = [](const std::vector<std::int64_t>& s) {
+      std::string r = "[";
+      for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+      return r + "]";
+    };
+    std::size_t total = 0;
+    std::vector<std::pair<const HostTensor*, std::size_t>> place;
+    for (const Want& w : want) {
+      auto it = tensors.find(w.name);
+      if (it == tensors.end()) {
+        if (w.required) return Status::invalid("vla::models::TinyLM<Cuda>: no tensor '" + w.name + "'");
+        continue;
+      }
+      if (it->second.shape != w.shape)
+        return Status::invalid("vla::models::TinyLM<Cuda>: '" + w.name + "' is " + shape_str(it->second.shape) + ", must be " +
+                               shape_str(w.shape));
+      for (float v : it->second.values)
+        if (!std::isfinite(v)) return Status::invalid("vla::models::TinyLM<Cuda>: '" + w.name + "' holds a NaN or an infinity");
+      m.offset_[w.name] = total;
+      place.push_back({&it->second, total});
+      total += (it->second.values.size() + 3) / 4 * 4;  // 16-byte aligned, for the op's vector loads
+    }
+    if (tensors.count("blocks.0.attn.norm_o.weight") != tensors.count("blocks.0.attn.norm_o.bias"))
+      return Status::invalid("vla::models::TinyLM<Cuda>: norm_o needs both its weight and its bias");
+    int devices = 0;
+    if (const cudaError_t e0 = cudaGetDeviceCount(&devices); e0 != cudaSuccess || devices == 0)
+      return Status::from_cuda(e0 != cudaSuccess ? e0 : cudaErrorNoDevice, "vla::models::TinyLM<Cuda>: no GPU");
+    if (cublasCreate(&m.blas_) != CUBLAS_STATUS_SUCCESS) {
+      m.blas_ = nullptr;
+      return Status::invalid("vla::models::TinyLM<Cuda>: cublasCreate failed");
+    }
+    cublasSetMathMode(m.blas_, CUBLAS_PEDANTIC_MATH);  // fp32 as written: no TF32, no reduced precision
+    cudaError_t e = cudaMalloc(&m.weights_, std::max<std::size_t>(total, 1) * sizeof(float));
+    if (e != cudaSuccess) {
+      m.weights_ = nullptr;
+      return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: weights");
+    }
+    for (auto& [t, at] : place) {
+      e = cudaMemcpyAsync(m.weights_ + at, t->values.data(), t->values.size() * sizeof(float), cudaMemcpyHostToDevice, stream);
+      if (e != cudaSuccess) return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: weights upload");
+    }
+    e = cudaStreamSynchronize(stream);  // the host tensors may go away when this returns
+    if (e != cudaSuccess) return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: weights upload");
+    out = std::move(m);
+    return {};
+  }
+
+  /// A model directory (config.json + model.safetensors). A bad directory is an invalid Status
+  /// with the file and tensor named, as the CPU model's FormatError.
+  static Status load(const std::string& dir, cudaStream_t stream, TinyLM& out) {
+    try {
+      const TinyLMConfig cfg = read_config(dir);
+      const io::Safetensors f = io::Safetensors::open(dir + "/model.safetensors");
+      Status st = create(cfg, TensorMap::from(f), stream, out);
+      if (!st) st.message = f.source() + ": " + st.message;
+      return st;
+    } catch (const std::exception& e) {
+      return Status::invalid(e.what());
+    }
+  }
+
+  const TinyLMConfig& config() const { return cfg_; }
+
+  Status make_cache(std::int64_t slots, cudaStream_t stream, Cache& out) const {
+    if (slots <= 0) return Status::invalid("vla::models::TinyLM<Cuda>::make_cache: slots must be > 0");
+    Cache c;
+    for (std::int64_t l = 0; l < cfg_.n_layers; ++l) {
+      cuda::DeviceStates p;
+      if (Status st = cuda::DeviceStates::create(slots, cfg_.n_heads, head_dim(), head_dim(), cfg_.op, stream, p); !st) return st;
+      c.layers.push_back(std::move(p));
+    }
+    c.positions.assign(static_cast<std::size_t>(slots), 0);
+    out = std::move(c);
+    return {};
+  }
+
+  /// B prompts of T tokens each (tokens: [B, T] row-major) continuing slots first .. first + B − 1.
+  /// The logits of every position ([B·T, vocab], row b·T + t) stay on the device: logits(), logits_to_host().
+  Status prefill(const std::vector<std::int64_t>& tokens, std::int64_t batch, Cache& cache, std::int64_t first,
+                 cudaStream_t stream) {
+    if (batch <= 0 || tokens.size() % static_cast<std::size_t>(batch) != 0)
+      return Status::invalid("vla::models::TinyLM<Cuda>::prefill: " + std::to_string(tokens.size()) +
+                             " tokens are not batch (" + std::to_string(batch) + ") prompts of one length");
+    const std::int64_t T = static_cast<std::int64_t>(tokens.size()) / batch;
+    if (first < 0 || first + batch > cache.slots())
+      return Status::invalid("vla::models::TinyLM<Cuda>::prefill: slots " + std::to_string(first) + ".." +
+                             std::to_string(first + batch - 1) + " are out of range (" + std::to_string(cache.slots()) + " slots)");
+    std::vector<std::int64_t> positions(tokens.size());
+    for (std::int64_t b = 0; b < batch; ++b)
+      for (std::int64_t t = 0; t < T; ++t) positions[static_cast<std::size_t>(b * T + t)] = cache.positions[static_cast<std::size_t>(first + b)] + t;
+    if (Status st = check(cache, tokens, positions, "prefill"); !st) return st;
+    if (Status st = run(tokens, positions, cache, batch, T, first, nullptr, stream); !st) return st;
+    for (std::int64_t b = 0; b < batch; ++b) cache.positions[static_cast<std::size_t>(first + b)] += T;
+    return {};
+  }
+
+  /// One token per sequence: tokens[b] continues slots[b] (distinct). Logits [B, vocab] on the device.
+  Status decode(const std::vector<std::int64_t>& tokens, Cache& cache, const std::vector<std::int64_t>& slots,
+                cudaStream_t stream) {
+    if (tokens.size() != slots.size() || tokens.empty())
+      return Status::invalid("vla::models::TinyLM<Cuda>::decode: " + std::to_string(tokens.size()) + " tokens for " +
+                             std::to_string(slots.size()) + " slots");
+    std::vector<std::int64_t> sorted = slots, positions(slots.size());
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t i = 0; i < sorted.size(); ++i) {
+      if (sorted[i] < 0 || sorted[i] >= cache.slots())
+        return Status::invalid("vla::models::TinyLM<Cuda>::decode: slot " + std::to_string(sorted[i]) + " is out of range");
+      if (i > 0 && sorted[i] == sorted[i - 1])
+        return Status::invalid("vla::models::TinyLM<Cuda>::decode: slot " + std::to_string(sorted[i]) + " is given twice");
+    }
+    for (std::size_t b = 0; b < slots.size(); ++b) positions[b] = cache.positions[static_cast<std::size_t>(slots[b])];
+    if (Status st = check(cache, tokens, positions, "decode"); !st) return st;
+    if (Status st = run(tokens, positions, cache, static_cast<std::int64_t>(slots.size()), 1, 0, &slots, stream); !st) return st;
+    for (std::int64_t s : slots) ++cache.positions[static_cast<std::size_t>(s)];
+    return {};
+  }
+
+  /// The last call's logits on the device, [rows, vocab], valid until the next call.
+  const float* logits() const { return buf_ + off_logits_; }
+  std::int64_t logits_rows() const { return rows_; }
+  std::vector<float> logits_to_host(cudaStream_t stream) const {
+    std::vector<float> h(static_cast<std::size_t>(rows_ * cfg_.vocab_size));
+    if (!h.empty() && cudaMemcpyAsync(h.data(), logits(), h.size() * sizeof(float), cudaMemcpyDeviceToHost, stream) == cudaSuccess)
+      cudaStreamSynchronize(stream);
+    return h;
+  }
+
+ private:
+  std::int64_t head_dim() const { return cfg_.d_model / cfg_.n_heads; }
+  const float* w(const std::string& name) const {
+    auto it = offset_.find(name);
+    return it == offset_.end() ? nullptr : weights_ + it->second;
+  }
+
+  Status check(const Cache& cache, const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& positions,
+               const char* fn) const {
+    const std::string where = std::string("vla::models::TinyLM<Cuda>::") + fn + ": ";
+    if (!blas_) return Status::invalid(where + "the model is empty (create or load it)");
+    bool ok = static_cast<std::int64_t>(cache.layers.size()) == cfg_.n_layers;
+    for (const auto& p : cache.layers) ok = ok && p.slots() == cache.slots() && p.heads() == cfg_.n_heads && p.dk() == head_dim();
+    if (!ok) return Status::invalid(where + "the cache is not one of this model (use make_cache)");
+    for (std::int64_t t : tokens)
+      if (t < 0 || t >= cfg_.vocab_size)
+        return Status::invalid(where + "token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+                               std::to_string(cfg_.vocab_size - 1) + ")");
+    for (std::int64_t p : positions)
+      if (p >= cfg_.max_seq_len)
+        return Status::invalid(where + "position " + std::to_string(p) + " is past max_seq_len (" + std::to_string(cfg_.max_seq_len) +
+                               "): the position embedding ends there");
+    return {};
+  }
+
+  // Grows the activation buffer to `rows` token rows (synchronous cudaMalloc when it grows).
+  Status reserve(std::int64_t rows) {
+    if (rows <= cap_rows_) return {};
+    const std::int64_t d = cfg_.d_model, wide = std::max(cfg_.d_ff, cfg_.vocab_size);
+    // x, h, q, k, v, u, o: d each; f: max(d_ff, vocab); beta: H; logits: vocab; ids: 2 + slots (int64).
+    const std::int64_t per_row = 7 * d + wide + cfg_.n_heads + cfg_.vocab_size + 8;
+    float* b = nullptr;
+    cudaError_t e = cudaMalloc(&b, static_cast<std::size_t>(rows * per_row + 64) * sizeof(float));
+    if (e != cudaSuccess) return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: activations");
+    std::int64_t* staging = nullptr;
+    e = cudaMallocHost(&staging, static_cast<std::size_t>(rows * 3) * sizeof(std::int64_t));
+    if (e != cudaSuccess) {
+      cudaFree(b);
+      return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: staging");
+    }
+    if (!upload_done_ && (e = cudaEventCreateWithFlags(&upload_done_, cudaEventDisableTiming)) != cudaSuccess) {
+      cudaFree(b);
+      cudaFreeHost(staging);
+      return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: event");
+    }
+    cudaDeviceSynchronize();  // work in flight may still read the old buffers
+    if (buf_) cudaFree(buf_);
+    if (staging_) cudaFreeHost(staging_);
+    buf_ = b;
+    staging_ = staging;
+    cap_rows_ = rows;
+    std::int64_t at = 0;
+    auto take = [&](std::int64_t n) {
+      const std::int64_t r = at;
+      at += (n + 3) / 4 * 4;
+      return r;
+    };
+    off_x_ = take(rows * d), off_h_ = take(rows * d), off_q_ = take(rows * d), off_k_ = take(rows * d);
+    off_v_ = take(rows * d), off_u_ = take(rows * d), off_o_ = take(rows * d);
+    off_f_ = take(rows * wide), off_beta_ = take(rows * cfg_.n_heads), off_logits_ = take(rows * cfg_.vocab_size);
+    off_ids_ = take(rows * 8);  // tokens, positions (int64) and decode slots (int32)
+    return {};
+  }
+
+  // y[rows, out] = x[rows, in] · Wᵀ (+ beta·y), W row-major [out, in]: in cuBLAS's column-major
+  // terms yᵀ (out × rows) = W (op T of the in × out column-major Wᵀ) · xᵀ (in × rows).
+  Status gemm(const float* x, const float* W, float* y, std::int64_t rows, std::int64_t in, std::int64_t out, float beta) const {
+    const float alpha = 1.f;
+    const cublasStatus_t s = cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
+                                         static_cast<int>(in), &alpha, W, static_cast<int>(in), x, static_cast<int>(in), &beta, y,
+                                         static_cast<int>(out));
+    return s == CUBLAS_STATUS_SUCCESS ? Status{} : Status::invalid("vla::models::TinyLM<Cuda>: cublasSgemm failed (status " + std::to_string(static_cast<int>(s)) + ")");
+  }
+  // q, k, v = x W_qᵀ, x W_kᵀ, x W_vᵀ in one strided-batched call: the weights lie d·d floats apart
+  // (create() places them so), the outputs `out_stride` floats apart.
+  Status gemm_qkv(const float* x, const float* Wq, float* q, std::int64_t out_stride, std::int64_t rows, std::int64_t d) const {
+    const float alpha = 1.f, beta = 0.f;
+    const int n = static_cast<int>(d);
+    const cublasStatus_t s = cublasSgemmStridedBatched(blas_, CUBLAS_OP_T, CUBLAS_OP_N, n, static_cast<int>(rows), n, &alpha, Wq, n,
+                                                       d * d, x, n, 0, &beta, q, n, out_stride, 3);
+    return s == CUBLAS_STATUS_SUCCESS ? Status{} : Status::invalid("vla::models::TinyLM<Cuda>: cublasSgemmStridedBatched failed (status " + std::to_string(static_cast<int>(s)) + ")");
+  }
+  Status launched(const char* what) const { return Status::from_cuda(cudaGetLastError(), what); }
+
+  template <class Op>
+  Status op_call(float* q, float* k, float* v, float* u, float* beta, float* o, Cache& cache, std::int64_t l, std::int64_t batch,
+                 std::int64_t T, std::int64_t first, const std::int32_t* d_slots, cudaStream_t stream) const {
+    auto& pool = cache.layers[static_cast<std::size_t>(l)];
+    if (d_slots) {
+      cuda::DecodeArgs<float> a;
+      a.batch = batch, a.heads = cfg_.n_heads, a.dk = a.dv = head_dim();
+      a.q = q, a.k = k, a.v = v, a.o = o;
+      if (Op::uses_u) a.u = u;
+      if (Op::uses_beta) a.beta = beta;
+      a.state = pool.buffers();
+      a.state_index = d_slots;
+      a.pool_size = pool.slots();
+      return cuda::decode_step<Op>(a, cfg_.op, stream);
+    }
+    ForwardArgs<float, float> a;
+    a.batch = batch, a.seq_len = T, a.heads = cfg_.n_heads, a.dk = a.dv = head_dim();
+    a.q = q, a.k = k, a.v = v, a.o = o;
+    if (Op::uses_u) a.u = u;
+    if (Op::uses_beta) a.beta = beta;
+    const StateBuffers<float> s = pool.slots_from(first);
+    a.initial_state = {s.A, s.S, s.z, s.steps};
+    a.final_state = s;
+    return cuda::forward<Op, float>(a, cfg_.op, stream);
+  }
+
+  Status run(const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& positions, Cache& cache,
+             std::int64_t batch, std::int64_t T, std::int64_t first, const std::vector<std::int64_t>* slots, cudaStream_t stream) {
+    const std::int64_t R = batch * T, d = cfg_.d_model, H = cfg_.n_heads;
+    if (Status st = reserve(R); !st) return st;
+    rows_ = R;
+    cublasSetStream(blas_, stream);
+    float *x = buf_ + off_x_, *h = buf_ + off_h_, *q = buf_ + off_q_, *k = buf_ + off_k_, *v = buf_ + off_v_, *u = buf_ + off_u_,
+          *o = buf_ + off_o_, *f = buf_ + off_f_, *beta = buf_ + off_beta_, *lg = buf_ + off_logits_;
+    auto* ids = reinterpret_cast<std::int64_t*>(buf_ + off_ids_);
+    auto* d_slots = reinterpret_cast<std::int32_t*>(ids + 2 * R);
+    // Tokens, positions and slots go through pinned staging owned by the model, so the call does
+    // not wait for the GPU: only the previous call's upload (long done, normally) must have left it.
+    if (upload_done_) cudaEventSynchronize(upload_done_);
+    std::copy(tokens.begin(), tokens.end(), staging_);
+    std::copy(positions.begin(), positions.end(), staging_ + R);
+    if (slots) {
+      auto* s32 = reinterpret_cast<std::int32_t*>(staging_ + 2 * R);
+      for (std::size_t i = 0; i < slots->size(); ++i) s32[i] = static_cast<std::int32_t>((*slots)[i]);
+    }
+    const std::size_t bytes = (2 * R + (slots ? (R + 1) / 2 : 0)) * sizeof(std::int64_t);
+    cudaError_t e = cudaMemcpyAsync(ids, staging_, bytes, cudaMemcpyHostToDevice, stream);
+    if (e == cudaSuccess) e = cudaEventRecord(upload_done_, stream);
+    if (e != cudaSuccess) return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: token upload");
+    using cuda_detail::grid_for;
+    const unsigned ln_grid = static_cast<unsigned>((R + 7) / 8);
+    cuda_detail::embed<<<grid_for(R * d), 256, 0, stream>>>(ids, ids + R, w("tok.weight"), w("pos.weight"), x, R, static_cast<int>(d));
+    if (Status st = launched("vla::models::TinyLM<Cuda>: embed"); !st) return st;
+    const float eps = static_cast<float>(cfg_.norm_eps);
+    for (std::int64_t l = 0; l < cfg_.n_layers; ++l) {
+      const std::string b = "blocks." + std::to_string(l) + ".", a = b + "attn.";
+      // The previous block's ff.2 bias is added to x here (none before the first block).
+      const float* pending = l == 0 ? nullptr : w("blocks." + std::to_string(l - 1) + ".ff.2.bias");
+      cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w(b + "ln1.weight"), w(b + "ln1.bias"), pending, R, static_cast<int>(d), eps);
+      Status st = launched("vla::models::TinyLM<Cuda>: ln1");
+      if (st) st = gemm_qkv(h, w(a + "Wq.weight"), q, off_k_ - off_q_, R, d);
+      const bool vla_kind = cfg_.attention == layers::AttentionKind::vla;
+      if (st)
+        cuda_detail::qkv_bias_act<<<grid_for(3 * R * d), 256, 0, stream>>>(q, off_k_ - off_q_, w(a + "Wq.bias"), w(a + "Wk.bias"),
+                                                                            w(a + "Wv.bias"), R, static_cast<int>(d),
+                                                                            cfg_.attention == layers::AttentionKind::linear_attention);
+      if (st && vla_kind) st = gemm(k, w(a + "Wu.weight"), u, R, d, d, 0.f);  // from the raw keys
+      if (st && vla_kind) cuda_detail::bias_act<<<grid_for(R * d), 256, 0, stream>>>(k, nullptr, R, static_cast<int>(d), cuda_detail::kEluPlusOne);
+      if (st && cfg_.attention == layers::AttentionKind::deltanet) {
+        st = gemm(h, w(a + "Wbeta.weight"), beta, R, d, H, 0.f);
+        if (st) cuda_detail::bias_act<<<grid_for(R * H), 256, 0, stream>>>(beta, w(a + "Wbeta.bias"), R, static_cast<int>(H), cuda_detail::kSigmoidBeta);
+      }
+      if (st) st = launched("vla::models::TinyLM<Cuda>: projections");
+      const std::int32_t* ds = slots ? d_slots : nullptr;
+      if (st) {
+        switch (cfg_.attention) {
+          case layers::AttentionKind::vla: st = op_call<op::Vla>(q, k, v, u, beta, o, cache, l, batch, T, first, ds, stream); break;
+          case layers::AttentionKind::linear_attention:
+            st = op_call<op::LinearAttention>(q, k, v, u, beta, o, cache, l, batch, T, first, ds, stream);
+            break;
+          case layers::AttentionKind::deltanet: st = op_call<op::DeltaNet>(q, k, v, u, beta, o, cache, l, batch, T, first, ds, stream); break;
+        }
+      }
+      if (st && w(a + "norm_o.weight")) {
+        cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(o, o, w(a + "norm_o.weight"), w(a + "norm_o.bias"), nullptr, R, static_cast<int>(d), eps);
+        st = launched("vla::models::TinyLM<Cuda>: norm_o");
+      }
+      // x += o W_oᵀ + b_o, then x += W₂ GELU(W₁ LN₂(x) + b₁) + b₂: the residuals through GEMM's beta = 1,
+      // b_o and b₂ added by the norm that reads x next (layer_norm's add_bias).
+      if (st) st = gemm(o, w(a + "Wo.weight"), x, R, d, d, 1.f);
+      if (st) cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w(b + "ln2.weight"), w(b + "ln2.bias"), w(a + "Wo.bias"), R, static_cast<int>(d), eps);
+      if (st) st = gemm(h, w(b + "ff.0.weight"), f, R, d, cfg_.d_ff, 0.f);
+      if (st) cuda_detail::bias_act<<<grid_for(R * cfg_.d_ff), 256, 0, stream>>>(f, w(b + "ff.0.bias"), R, static_cast<int>(cfg_.d_ff), cuda_detail::kGelu);
+      if (st) st = gemm(f, w(b + "ff.2.weight"), x, R, cfg_.d_ff, d, 1.f);
+      if (st) st = launched("vla::models::TinyLM<Cuda>: block");
+      if (!st) return st;
+    }
+    const float* pending = cfg_.n_layers == 0 ? nullptr : w("blocks." + std::to_string(cfg_.n_layers - 1) + ".ff.2.bias");
+    cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w("ln_f.weight"), w("ln_f.bias"), pending, R, static_cast<int>(d), eps);
+    if (Status st = launched("vla::models::TinyLM<Cuda>: ln_f"); !st) return st;
+    return gemm(h, w("head.weight") ? w("head.weight") : w("tok.weight"), lg, R, d, cfg_.vocab_size, 0.f);
+  }
+
+  void swap(TinyLM& o) noexcept {
+    std::swap(cfg_, o.cfg_);
+    std::swap(offset_, o.offset_);
+    std::swap(weights_, o.weights_);
+    std::swap(blas_, o.blas_);
+    std::swap(buf_, o.buf_);
+    std::swap(staging_, o.staging_);
+    std::swap(upload_done_, o.upload_done_);
+    std::swap(cap_rows_, o.cap_rows_);
+    std::swap(rows_, o.rows_);
+    std::swap(off_x_, o.off_x_), std::swap(off_h_, o.off_h_), std::swap(off_q_, o.off_q_), std::swap(off_k_, o.off_k_);
+    std::swap(off_v_, o.off_v_), std::swap(off_u_, o.off_u_), std::swap(off_o_, o.off_o_);
+    std::swap(off_f_, o.off_f_), std::swap(off_beta_, o.off_beta_), std::swap(off_logits_, o.off_logits_), std::swap(off_ids_, o.off_ids_);
+  }
+  void release() {
+    if (weights_) cudaFree(weights_);
+    if (buf_) cudaFree(buf_);
+    if (blas_) cublasDestroy(blas_);
+    if (staging_) cudaFreeHost(staging_);
+    if (upload_done_) cudaEventDestroy(upload_done_);
+    weights_ = buf_ = nullptr;
+    blas_ = nullptr;
+    staging_ = nullptr;
+    upload_done_ = nullptr;
+  }
+
+  TinyLMConfig cfg_;
+  std::map<std::string, std::size_t> offset_;
+  float* weights_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  float* buf_ = nullptr;
+  std::int64_t* staging_ = nullptr;  // pinned: tokens, positions, slots of the call being uploaded
+  cudaEvent_t upload_done_ = nullptr;
+  std::int64_t cap_rows_ = 0, rows_ = 0;
+  std::int64_t off_x_ = 0, off_h_ = 0, off_q_ = 0, off_k_ = 0, off_v_ = 0, off_u_ = 0, off_o_ = 0, off_f_ = 0,
+               off_beta_ = 0, off_logits_ = 0, off_ids_ = 0;
+};
+
+}  // namespace models
+}  // namespace vla
