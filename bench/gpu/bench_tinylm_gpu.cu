@@ -76,12 +76,16 @@ int main() {
       std::vector<std::int64_t> prompt(static_cast<std::size_t>(B * 16), 5), next(B, 7), slots(B);
       for (int b = 0; b < B; ++b) slots[static_cast<std::size_t>(b)] = b;
       if (!ok(m.prefill(prompt, B, c, 0, nullptr), "prefill")) return 1;
-      bool good = true;
-      auto step = [&] { good = good && ok(m.decode(next, c, slots, nullptr), "decode"); };
-      for (int i = 0; i < 20; ++i) step();
-      const float ms = median_ms(200, step);
-      std::printf("tinylm_gpu,%s,decode_B64_step_us,%.2f,tokens_per_s,%.4g\n", name, ms * 1e3, B / (ms * 1e-3));
-      if (!good) return 1;
+      for (bool graphs : {false, true}) {
+        m.decode_graphs = graphs;
+        bool good = true;
+        auto step = [&] { good = good && ok(m.decode(next, c, slots, nullptr), "decode"); };
+        for (int i = 0; i < 20; ++i) step();
+        const float ms = median_ms(200, step);
+        std::printf("tinylm_gpu,%s,decode_B64_step_us%s,%.2f,tokens_per_s,%.4g,%s\n", name, graphs ? "_graph" : "_plain", ms * 1e3,
+                    B / (ms * 1e-3), graphs ? m.graph_note().c_str() : "plain launches");
+        if (!good) return 1;
+      }
     }
   }
   // One projection at the model's shape (32,768 rows × 128 → 128) against an 8,192³ SGEMM, same handle settings.

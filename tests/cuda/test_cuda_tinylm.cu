@@ -69,9 +69,23 @@ TEST_CASE("cuda tinylm: the authors' TinyLM logits (VLAv3Attn and LinearAttn)", 
       dec_a.insert(dec_a.end(), l.begin(), l.begin() + V);
       dec_b.insert(dec_b.end(), l.begin() + V, l.end());
     }
+    INFO(m.graph_note());
+    CHECK(m.graph_note() == "decode graphs on");  // the steps above replayed a captured graph
     const double rd = rel(dec_a, got);
     std::printf("cuda tinylm %s: decode vs prefill rel RMS %.3g\n", kind, rd);
     CHECK(rd < 1e-5);
+    // The same decode with plain launches: the same logits, bit for bit (the same kernels in the same order).
+    Model::Cache pc;
+    REQUIRE(m.make_cache(3, nullptr, pc).ok());
+    m.decode_graphs = false;
+    std::vector<float> plain_a;
+    for (std::int64_t t = 0; t < T; ++t) {
+      REQUIRE(m.decode({e.tokens[static_cast<std::size_t>(t)], rev[static_cast<std::size_t>(t)]}, pc, {2, 0}, nullptr).ok());
+      const std::vector<float> l = m.logits_to_host(nullptr);
+      plain_a.insert(plain_a.end(), l.begin(), l.begin() + V);
+    }
+    m.decode_graphs = true;
+    CHECK(plain_a == dec_a);
     Model::Cache bc;
     REQUIRE(m.make_cache(2, nullptr, bc).ok());
     std::vector<std::int64_t> both = e.tokens;
@@ -100,6 +114,32 @@ TEST_CASE("cuda tinylm: bad calls and bad model directories are refused by name"
   CHECK(mentions(m.decode({1, 2}, c, {1, 1}, nullptr), "given twice"));
   CHECK(mentions(m.decode({1}, c, {5}, nullptr), "out of range"));
   CHECK((c.positions[0] == 3 && c.positions[1] == 0));
+  // Save after the prompt, decode two tokens, restore, decode them again: the same logits, bit for bit.
+  Model::Snapshot snap;
+  REQUIRE(m.save(c, 0, nullptr, snap).ok());
+  REQUIRE(m.decode({7}, c, {0}, nullptr).ok());
+  REQUIRE(m.decode({9}, c, {0}, nullptr).ok());
+  const std::vector<float> first = m.logits_to_host(nullptr);
+  REQUIRE(m.restore(c, 0, snap, nullptr).ok());
+  CHECK(c.positions[0] == 3);
+  REQUIRE(m.decode({7}, c, {0}, nullptr).ok());
+  REQUIRE(m.decode({9}, c, {0}, nullptr).ok());
+  CHECK(m.logits_to_host(nullptr) == first);
+  auto bad = snap;
+  bad.layers[1][0].A[1] += 1.f;  // no longer symmetric: refused before any head is written
+  Model::Snapshot before;
+  REQUIRE(m.save(c, 0, nullptr, before).ok());
+  CHECK(mentions(m.restore(c, 0, bad, nullptr), "layer 1, head 0"));
+  Model::Snapshot after;
+  REQUIRE(m.save(c, 0, nullptr, after).ok());
+  for (std::size_t l = 0; l < after.layers.size(); ++l)
+    for (std::size_t h = 0; h < after.layers[l].size(); ++h) {
+      CHECK(after.layers[l][h].S == before.layers[l][h].S);
+      CHECK(after.layers[l][h].A == before.layers[l][h].A);
+    }
+  CHECK(after.position == before.position);
+  REQUIRE(m.reset(c, 0, nullptr).ok());
+  CHECK(c.positions[0] == 0);
   Model other;
   CHECK(mentions(Model::load(kFix + "/no_such_model", nullptr, other), "config.json: cannot be opened"));
   vla::models::TensorMap none;

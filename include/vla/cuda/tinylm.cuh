@@ -297,10 +297,96 @@ class TinyLM<backend::Cuda, float> {
     }
     for (std::size_t b = 0; b < slots.size(); ++b) positions[b] = cache.positions[static_cast<std::size_t>(slots[b])];
     if (Status st = check(cache, tokens, positions, "decode"); !st) return st;
-    if (Status st = run(tokens, positions, cache, static_cast<std::int64_t>(slots.size()), 1, 0, &slots, stream); !st) return st;
+    const std::int64_t B = static_cast<std::int64_t>(slots.size());
+    bool done = false;
+    if (decode_graphs && !graph_failed_) {
+      const Status st = decode_through_graph(tokens, positions, cache, slots, stream);
+      if (!st && !graph_failed_) return st;  // the graph's launch itself failed
+      done = st.ok();                        // else no graph could be made: plain launches below
+    }
+    if (!done)
+      if (Status st = run(tokens, positions, cache, B, 1, 0, &slots, stream); !st) return st;
     for (std::int64_t s : slots) ++cache.positions[static_cast<std::size_t>(s)];
     return {};
   }
+
+  /// One slot of every layer on the host (rolling a sequence back, moving it between caches).
+  struct Snapshot {
+    struct Head {
+      std::vector<float> A, S, z;
+      std::int64_t steps = 0;
+    };
+    std::vector<std::vector<Head>> layers;  ///< [layer][head]
+    std::int64_t position = 0;
+  };
+
+  /// Copies slot `slot` of every layer to the host (waits for `stream`).
+  Status save(const Cache& cache, std::int64_t slot, cudaStream_t stream, Snapshot& out) const {
+    if (Status st = check_cache_slot(cache, slot, "save"); !st) return st;
+    const std::int64_t dh = head_dim();
+    Snapshot s;
+    for (const auto& pool : cache.layers) {
+      std::vector<Snapshot::Head> heads(static_cast<std::size_t>(cfg_.n_heads));
+      for (std::int64_t h = 0; h < cfg_.n_heads; ++h) {
+        auto& hd = heads[static_cast<std::size_t>(h)];
+        hd.A.resize(static_cast<std::size_t>(dh * dh));
+        hd.S.resize(static_cast<std::size_t>(dh * dh));
+        hd.z.resize(static_cast<std::size_t>(dh));
+        if (Status st = pool.download(slot, h, {hd.A.data(), hd.S.data(), hd.z.data(), &hd.steps}, stream); !st) return st;
+      }
+      s.layers.push_back(std::move(heads));
+    }
+    s.position = cache.positions[static_cast<std::size_t>(slot)];
+    out = std::move(s);
+    return {};
+  }
+  /// Slot `slot` back to a snapshot of this model. Every head is checked (finite, A symmetric positive
+  /// definite, sizes) before any is written: a refused snapshot changes nothing.
+  Status restore(Cache& cache, std::int64_t slot, const Snapshot& s, cudaStream_t stream) const {
+    if (Status st = check_cache_slot(cache, slot, "restore"); !st) return st;
+    const std::int64_t dh = head_dim();
+    bool shape = s.layers.size() == cache.layers.size() && s.position >= 0 && s.position <= cfg_.max_seq_len;
+    for (const auto& heads : s.layers) {
+      shape = shape && static_cast<std::int64_t>(heads.size()) == cfg_.n_heads;
+      for (const auto& hd : heads)
+        shape = shape && static_cast<std::int64_t>(hd.A.size()) == dh * dh && static_cast<std::int64_t>(hd.S.size()) == dh * dh &&
+                static_cast<std::int64_t>(hd.z.size()) == dh;
+    }
+    if (!shape) return Status::invalid("vla::models::TinyLM<Cuda>::restore: the snapshot is not one of this model");
+    for (std::size_t l = 0; l < s.layers.size(); ++l)
+      for (std::size_t h = 0; h < s.layers[l].size(); ++h) {
+        const auto& hd = s.layers[l][h];
+        const std::string bad = cuda::detail::state_violation(hd.A.data(), hd.S.data(), hd.z.data(), hd.steps, dh, dh);
+        if (!bad.empty())
+          return Status::invalid("vla::models::TinyLM<Cuda>::restore: layer " + std::to_string(l) + ", head " + std::to_string(h) +
+                                 ": " + bad);
+      }
+    for (std::size_t l = 0; l < s.layers.size(); ++l)
+      for (std::size_t h = 0; h < s.layers[l].size(); ++h) {
+        const auto& hd = s.layers[l][h];
+        if (Status st = cache.layers[l].upload(slot, static_cast<std::int64_t>(h), {hd.A.data(), hd.S.data(), hd.z.data(), &hd.steps},
+                                               stream);
+            !st)
+          return st;
+      }
+    cache.positions[static_cast<std::size_t>(slot)] = s.position;
+    return {};
+  }
+  /// Slot `slot` back to empty: fresh states, position 0.
+  Status reset(Cache& cache, std::int64_t slot, cudaStream_t stream) const {
+    if (Status st = check_cache_slot(cache, slot, "reset"); !st) return st;
+    for (auto& pool : cache.layers)
+      if (Status st = pool.reset(slot, stream); !st) return st;
+    cache.positions[static_cast<std::size_t>(slot)] = 0;
+    return {};
+  }
+
+  /// Decode steps through a CUDA graph: the step's ~26 launches captured once per (batch, slots,
+  /// cache) and replayed, the tokens read from the pinned staging at each replay. On by default;
+  /// if capture fails (it is refused on some drivers or under tools) the model falls back to plain
+  /// launches for good, and says so in graph_note().
+  bool decode_graphs = true;
+  const std::string& graph_note() const { return graph_note_; }
 
   /// The last call's logits on the device, [rows, vocab], valid until the next call.
   const float* logits() const { return buf_ + off_logits_; }
@@ -319,6 +405,12 @@ class TinyLM<backend::Cuda, float> {
     return it == offset_.end() ? nullptr : weights_ + it->second;
   }
 
+  Status check_cache_slot(const Cache& cache, std::int64_t slot, const char* fn) const {
+    if (Status st = check(cache, {}, {}, fn); !st) return st;
+    if (slot < 0 || slot >= cache.slots())
+      return Status::invalid(std::string("vla::models::TinyLM<Cuda>::") + fn + ": slot " + std::to_string(slot) + " is out of range");
+    return {};
+  }
   Status check(const Cache& cache, const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& positions,
                const char* fn) const {
     const std::string where = std::string("vla::models::TinyLM<Cuda>::") + fn + ": ";
@@ -335,6 +427,49 @@ class TinyLM<backend::Cuda, float> {
         return Status::invalid(where + "position " + std::to_string(p) + " is past max_seq_len (" + std::to_string(cfg_.max_seq_len) +
                                "): the position embedding ends there");
     return {};
+  }
+
+  // One decode step by replaying the captured graph (capturing it first when the batch, the slots,
+  // the cache or the buffers changed). Returns invalid with graph_failed_ set when no graph could be
+  // made (the caller then launches plainly); other errors are the launch's.
+  Status decode_through_graph(const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& positions, Cache& cache,
+                              const std::vector<std::int64_t>& slots, cudaStream_t stream) {
+    if (graph_failed_) return Status::invalid("graphs off");
+    const std::int64_t B = static_cast<std::int64_t>(slots.size());
+    if (Status st = reserve(B); !st) return st;
+    std::vector<const void*> key_ptrs = {buf_, staging_};
+    for (const auto& p : cache.layers) key_ptrs.push_back(p.buffers().A);
+    const bool same = graph_exec_ && graph_slots_ == slots && graph_ptrs_ == key_ptrs;
+    rows_ = B;
+    stage(tokens, positions, &slots, B);
+    if (!same) {
+      if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+      graph_exec_ = nullptr;
+      cudaError_t e = cap_stream_ ? cudaSuccess : cudaStreamCreateWithFlags(&cap_stream_, cudaStreamNonBlocking);
+      if (e == cudaSuccess && !graph_done_) e = cudaEventCreateWithFlags(&graph_done_, cudaEventDisableTiming);
+      cudaGraph_t g = nullptr;
+      Status st;
+      if (e == cudaSuccess) e = cudaStreamBeginCapture(cap_stream_, cudaStreamCaptureModeThreadLocal);
+      if (e == cudaSuccess) {
+        st = device_part(cache, B, 1, 0, true, cap_stream_, /*record_upload=*/false);
+        e = cudaStreamEndCapture(cap_stream_, &g);
+      }
+      if (e == cudaSuccess && st) e = cudaGraphInstantiate(&graph_exec_, g, 0ull);
+      if (g) cudaGraphDestroy(g);
+      if (e != cudaSuccess || !st) {
+        graph_note_ = "decode graphs off: " + (st ? std::string(cudaGetErrorString(e)) : st.message);
+        (void)cudaGetLastError();
+        graph_exec_ = nullptr;
+        graph_failed_ = true;
+        return Status::invalid(graph_note_);
+      }
+      graph_slots_ = slots;
+      graph_ptrs_ = key_ptrs;
+      graph_note_ = "decode graphs on";
+    }
+    cudaError_t e = cudaGraphLaunch(graph_exec_, stream);
+    if (e == cudaSuccess) e = cudaEventRecord(graph_done_, stream);
+    return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: decode graph launch");
   }
 
   // Grows the activation buffer to `rows` token rows (synchronous cudaMalloc when it grows).
@@ -422,28 +557,44 @@ class TinyLM<backend::Cuda, float> {
     return cuda::forward<Op, float>(a, cfg_.op, stream);
   }
 
-  Status run(const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& positions, Cache& cache,
-             std::int64_t batch, std::int64_t T, std::int64_t first, const std::vector<std::int64_t>* slots, cudaStream_t stream) {
-    const std::int64_t R = batch * T, d = cfg_.d_model, H = cfg_.n_heads;
-    if (Status st = reserve(R); !st) return st;
-    rows_ = R;
-    cublasSetStream(blas_, stream);
-    float *x = buf_ + off_x_, *h = buf_ + off_h_, *q = buf_ + off_q_, *k = buf_ + off_k_, *v = buf_ + off_v_, *u = buf_ + off_u_,
-          *o = buf_ + off_o_, *f = buf_ + off_f_, *beta = buf_ + off_beta_, *lg = buf_ + off_logits_;
-    auto* ids = reinterpret_cast<std::int64_t*>(buf_ + off_ids_);
-    auto* d_slots = reinterpret_cast<std::int32_t*>(ids + 2 * R);
-    // Tokens, positions and slots go through pinned staging owned by the model, so the call does
-    // not wait for the GPU: only the previous call's upload (long done, normally) must have left it.
+  // Tokens, positions and slots into the pinned staging owned by the model (the device part copies
+  // them up), so a call does not wait for the GPU: only for the last upload (or decode graph) that
+  // read the staging, normally long done.
+  void stage(const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& positions,
+             const std::vector<std::int64_t>* slots, std::int64_t R) {
     if (upload_done_) cudaEventSynchronize(upload_done_);
+    if (graph_done_) cudaEventSynchronize(graph_done_);
     std::copy(tokens.begin(), tokens.end(), staging_);
     std::copy(positions.begin(), positions.end(), staging_ + R);
     if (slots) {
       auto* s32 = reinterpret_cast<std::int32_t*>(staging_ + 2 * R);
       for (std::size_t i = 0; i < slots->size(); ++i) s32[i] = static_cast<std::int32_t>((*slots)[i]);
     }
-    const std::size_t bytes = (2 * R + (slots ? (R + 1) / 2 : 0)) * sizeof(std::int64_t);
+  }
+
+  Status run(const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& positions, Cache& cache,
+             std::int64_t batch, std::int64_t T, std::int64_t first, const std::vector<std::int64_t>* slots, cudaStream_t stream) {
+    const std::int64_t R = batch * T;
+    if (Status st = reserve(R); !st) return st;
+    rows_ = R;
+    stage(tokens, positions, slots, R);
+    return device_part(cache, batch, T, first, slots != nullptr, stream, /*record_upload=*/true);
+  }
+
+  // Everything on the device for R = batch·T rows whose ids are in the staging: the upload, the
+  // layers, the head. Also what a decode graph captures (record_upload false: the graph's end is
+  // recorded instead).
+  Status device_part(Cache& cache, std::int64_t batch, std::int64_t T, std::int64_t first, bool decode, cudaStream_t stream,
+                     bool record_upload) {
+    const std::int64_t R = batch * T, d = cfg_.d_model, H = cfg_.n_heads;
+    cublasSetStream(blas_, stream);
+    float *x = buf_ + off_x_, *h = buf_ + off_h_, *q = buf_ + off_q_, *k = buf_ + off_k_, *v = buf_ + off_v_, *u = buf_ + off_u_,
+          *o = buf_ + off_o_, *f = buf_ + off_f_, *beta = buf_ + off_beta_, *lg = buf_ + off_logits_;
+    auto* ids = reinterpret_cast<std::int64_t*>(buf_ + off_ids_);
+    auto* d_slots = reinterpret_cast<std::int32_t*>(ids + 2 * R);
+    const std::size_t bytes = (2 * R + (decode ? (R + 1) / 2 : 0)) * sizeof(std::int64_t);
     cudaError_t e = cudaMemcpyAsync(ids, staging_, bytes, cudaMemcpyHostToDevice, stream);
-    if (e == cudaSuccess) e = cudaEventRecord(upload_done_, stream);
+    if (e == cudaSuccess && record_upload) e = cudaEventRecord(upload_done_, stream);
     if (e != cudaSuccess) return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: token upload");
     using cuda_detail::grid_for;
     const unsigned ln_grid = static_cast<unsigned>((R + 7) / 8);
@@ -469,7 +620,7 @@ class TinyLM<backend::Cuda, float> {
         if (st) cuda_detail::bias_act<<<grid_for(R * H), 256, 0, stream>>>(beta, w(a + "Wbeta.bias"), R, static_cast<int>(H), cuda_detail::kSigmoidBeta);
       }
       if (st) st = launched("vla::models::TinyLM<Cuda>: projections");
-      const std::int32_t* ds = slots ? d_slots : nullptr;
+      const std::int32_t* ds = decode ? d_slots : nullptr;
       if (st) {
         switch (cfg_.attention) {
           case layers::AttentionKind::vla: st = op_call<op::Vla>(q, k, v, u, beta, o, cache, l, batch, T, first, ds, stream); break;
@@ -507,6 +658,14 @@ class TinyLM<backend::Cuda, float> {
     std::swap(buf_, o.buf_);
     std::swap(staging_, o.staging_);
     std::swap(upload_done_, o.upload_done_);
+    std::swap(decode_graphs, o.decode_graphs);
+    std::swap(graph_exec_, o.graph_exec_);
+    std::swap(graph_done_, o.graph_done_);
+    std::swap(cap_stream_, o.cap_stream_);
+    std::swap(graph_failed_, o.graph_failed_);
+    std::swap(graph_slots_, o.graph_slots_);
+    std::swap(graph_ptrs_, o.graph_ptrs_);
+    std::swap(graph_note_, o.graph_note_);
     std::swap(cap_rows_, o.cap_rows_);
     std::swap(rows_, o.rows_);
     std::swap(off_x_, o.off_x_), std::swap(off_h_, o.off_h_), std::swap(off_q_, o.off_q_), std::swap(off_k_, o.off_k_);
@@ -519,6 +678,12 @@ class TinyLM<backend::Cuda, float> {
     if (blas_) cublasDestroy(blas_);
     if (staging_) cudaFreeHost(staging_);
     if (upload_done_) cudaEventDestroy(upload_done_);
+    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    if (graph_done_) cudaEventDestroy(graph_done_);
+    if (cap_stream_) cudaStreamDestroy(cap_stream_);
+    graph_exec_ = nullptr;
+    graph_done_ = nullptr;
+    cap_stream_ = nullptr;
     weights_ = buf_ = nullptr;
     blas_ = nullptr;
     staging_ = nullptr;
@@ -532,6 +697,13 @@ class TinyLM<backend::Cuda, float> {
   float* buf_ = nullptr;
   std::int64_t* staging_ = nullptr;  // pinned: tokens, positions, slots of the call being uploaded
   cudaEvent_t upload_done_ = nullptr;
+  cudaGraphExec_t graph_exec_ = nullptr;  // the captured decode step
+  cudaEvent_t graph_done_ = nullptr;      // recorded after each replay: the staging is free again
+  cudaStream_t cap_stream_ = nullptr;     // capture needs a stream of its own (not the legacy default)
+  bool graph_failed_ = false;
+  std::vector<std::int64_t> graph_slots_;
+  std::vector<const void*> graph_ptrs_;
+  std::string graph_note_;
   std::int64_t cap_rows_ = 0, rows_ = 0;
   std::int64_t off_x_ = 0, off_h_ = 0, off_q_ = 0, off_k_ = 0, off_v_ = 0, off_u_ = 0, off_o_ = 0, off_f_ = 0,
                off_beta_ = 0, off_logits_ = 0, off_ids_ = 0;
