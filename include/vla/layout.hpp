@@ -21,7 +21,9 @@ namespace vla {
 /// Per-(sequence, head) state buffers. T is the state scalar, const-qualified for an input state.
 /// A null pointer means "absent": an absent initial state is the fresh state of docs/maths.md §2 (A = I/λ0,
 /// S = 0, z = 0, t = 0); an absent final state is not written. An op uses only its own parts
-/// (VLA: A, S, z, steps; linear attention: S, z; DeltaNet: S).
+/// (VLA: A, S, z, steps; linear attention: S, z; DeltaNet: S): the others are ignored — not read,
+/// not checked, not written, in the forward and the backward alike — so they may be null or point
+/// anywhere (token gradients an op lacks, GradArgs::d_u and d_beta, are refused instead).
 template <class T>
 struct StateBuffers {
   using Steps = std::conditional_t<std::is_const<T>::value, const std::int64_t, std::int64_t>;
