@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "support.hpp"
+#include "tinylm_fixture.hpp"
 #include "vla/models/tinylm.hpp"
 
 namespace {
@@ -23,18 +24,8 @@ double rel_rms(const vla::TokenRows<S>& got, const std::vector<float>& want) {
   return vt::rel_rms(vt::to_vec(got.template cast<double>()), w);
 }
 
-struct Expected {
-  std::vector<std::int64_t> tokens;
-  std::vector<float> logits;
-};
-Expected expected(const std::string& dir, std::int64_t vocab) {
-  const auto f = vla::io::Safetensors::open(dir + "/expected.safetensors");
-  Expected e;
-  const std::int64_t T = f.info("tokens").shape.at(0);
-  for (float t : f.to_float("tokens", {T})) e.tokens.push_back(static_cast<std::int64_t>(t));
-  e.logits = f.to_float("logits", {T, vocab});
-  return e;
-}
+using Expected = vt::TinyLMExpected;
+Expected expected(const std::string& dir, std::int64_t vocab) { return vt::tinylm_expected(dir, vocab); }
 
 // A copy of a fixture model directory to damage.
 std::string copy_dir(const std::string& from, const std::string& name) {

@@ -6,6 +6,8 @@
 
 #include <vla/cuda/tinylm.cuh>
 
+#include "../tinylm_fixture.hpp"
+
 using namespace vtest;
 using Model = vla::models::TinyLM<vla::backend::Cuda, float>;
 
@@ -13,18 +15,8 @@ namespace {
 
 const std::string kFix = VLA_FIXTURE_DIR;
 
-struct Expected {
-  std::vector<std::int64_t> tokens;
-  std::vector<float> logits;
-};
-Expected expected(const std::string& dir, std::int64_t vocab) {
-  const auto f = vla::io::Safetensors::open(dir + "/expected.safetensors");
-  Expected e;
-  const std::int64_t T = f.info("tokens").shape.at(0);
-  for (float t : f.to_float("tokens", {T})) e.tokens.push_back(static_cast<std::int64_t>(t));
-  e.logits = f.to_float("logits", {T, vocab});
-  return e;
-}
+using Expected = vt::TinyLMExpected;
+Expected expected(const std::string& dir, std::int64_t vocab) { return vt::tinylm_expected(dir, vocab); }
 double rel(const std::vector<float>& a, const std::vector<float>& b) {
   REQUIRE(a.size() == b.size());
   double num = 0, den = 0;
