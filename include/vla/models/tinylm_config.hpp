@@ -156,17 +156,12 @@ class TensorMap {
     auto it = t_.find(name);
     if (it == t_.end()) throw io::FormatError(source_ + ": no tensor '" + name + "'");
     if (it->second.shape != expected)
-      throw io::FormatError(source_ + ": tensor '" + name + "' has shape " + shape_str(it->second.shape) + ", expected " +
-                            shape_str(expected));
+      throw io::FormatError(source_ + ": tensor '" + name + "': expected shape " + io::detail::shape_text(expected) + ", stored " +
+                            io::detail::shape_text(it->second.shape));  // the reader's own wording
     return it->second.values;
   }
 
  private:
-  static std::string shape_str(const std::vector<std::int64_t>& s) {
-    std::string r = "[";
-    for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-    return r + "]";
-  }
   std::map<std::string, HostTensor> t_;
   std::string source_ = "<tensors>";
 };
