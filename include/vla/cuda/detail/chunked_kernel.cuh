@@ -2,7 +2,7 @@
 //
 // One CTA per (sequence, head) of 16 warps in two roles that run at the same time, the float state
 // in shared memory for the whole sequence, tokens in chunks of C = 32 (VLA_CUDA_CHUNKED_C). The S
-// part needs only α̂ from the A part, so the 8 A warps run the A chain (Û, K̂ → X = [Û; K̂]A → Ĝ and
+// part needs only α̂ from the A part, so the 8 A warps run the A chain (Û, K̂ → W̃ = ÛA → Ĝ and
 // its LDLᵀ → Z = L⁻¹W̃ → P, the A update → Alpha → α̂) and hand each chunk's α̂ to the 8 S warps
 // through a ring of two slots, while those finish the previous chunk (L_k, QA, E, O → o, the S
 // update). The host reference of every line is vla/chunked.hpp, in the same order; the design,
@@ -38,6 +38,11 @@
 #ifndef VLA_CUDA_CHUNKED_SPLIT_S
 #define VLA_CUDA_CHUNKED_SPLIT_S 0
 #endif
+// Where the S warps get K̂ from (P1s): 1 = a copy of the A warps' rows (chunks ≥ 1), 0 = their own
+// normalisation of the raw k (the same code, so the same bits).
+#ifndef VLA_CUDA_CHUNKED_KHAT_FROM_A
+#define VLA_CUDA_CHUNKED_KHAT_FROM_A 1
+#endif
 
 // Phase profile (a measurement build only): with VLA_CUDA_CHUNKED_PROFILE=1, thread 0 of CTA 0
 // sums clock64() between the kernel's barriers and prints the cycles per phase at the end.
@@ -53,9 +58,20 @@
       prof_last_ = now_;                              \
     }                                                 \
   } while (0)
+#define VLA_CHUNKED_SPHASE(i)                         \
+  do {                                                \
+    if (tid == NTR && blockIdx.x == 0) {              \
+      const long long now_ = clock64();               \
+      prof_s_[i] += now_ - prof_last_;                \
+      prof_last_ = now_;                              \
+    }                                                 \
+  } while (0)
 #else
 #define VLA_CHUNKED_PHASE(i) \
   do {                       \
+  } while (0)
+#define VLA_CHUNKED_SPHASE(i) \
+  do {                        \
   } while (0)
 #endif
 
@@ -224,11 +240,32 @@ __device__ __forceinline__ void warp_unit_factors(const float (&x)[R][N], const 
   for (int r = 0; r < R; ++r) f[r] = im[r] == 0.f ? 0.f : rules::normalize_factor<float>(im[r], s[r], extra[r]);
 }
 
+/// P7: rows of the slot Ah from Alpha to α̂ = α/‖α‖ (the rules' scale-safe factor), C/NW rows per
+/// warp; a zero k̂ (kz[row] != 0) or a zero α writes nothing (a zero row).
+template <int C, int NW, int DK, int LK>
+__device__ __forceinline__ void alpha_hat_rows(float* Ah, const float* kz, int warp, int lane) {
+  constexpr int J = C / NW;
+  float x[J][DK / 32], one[J], fct[J];
+#pragma unroll
+  for (int r = 0; r < J; ++r) {
+    one[r] = 1.f;
+#pragma unroll
+    for (int i = 0; i < DK / 32; ++i) x[r][i] = Ah[(warp * J + r) * LK + lane + 32 * i];
+  }
+  warp_unit_factors(x, one, fct);
+#pragma unroll
+  for (int r = 0; r < J; ++r) {
+    const float g = kz[warp * J + r] != 0.f ? 0.f : fct[r];
+#pragma unroll
+    for (int i = 0; i < DK / 32; ++i) Ah[(warp * J + r) * LK + lane + 32 * i] = x[r][i] * g;
+  }
+}
+
 // ---- layout
 
 /// The chunked kernel's shared memory for head dims (DK, DV), token type In. Two regions, one per
-/// role (the A warps and the S warps never touch the other's), a ring of two α̂ slots between them,
-/// then each role's one stage of raw tokens. Float tiles have padded rows (ld ≡ 4 mod 32 keeps the
+/// role (each role writes only its own; the S warps copy the A warps' K̂ rows between two
+/// hand-overs), a ring of two α̂ slots between them, then each role's one stage of raw tokens. Float tiles have padded rows (ld ≡ 4 mod 32 keeps the
 /// fragment loads of row-major operands conflict-free).
 template <class In, int DK, int DV>
 struct ChunkedLayout {
@@ -275,6 +312,7 @@ struct ChunkedLayout {
   static constexpr int kBarA = 1, kBarS = 2;  // named barriers of one role
   static constexpr int kBarL = 3;             // the A warps that run the blocked LDLᵀ (P3–P4)
   static constexpr int kBarH = 4;             // all NT threads: the hand-over (chunk_handover)
+  static constexpr int kBarP = 5;             // the two A warps that prepare the next chunk (P1a)
   static_assert(DK % 16 == 0 && DV % 16 == 0, "vla: chunked kernel head dims must be multiples of 16");
   static_assert(2 * C % NWR == 0 && C % NWR == 0, "vla: rows per warp");
 };
@@ -368,11 +406,12 @@ __device__ __forceinline__ float unit_row_thread(const In* src, bool live, float
 /// The chunked VLA forward: one CTA per (sequence, head) of two warp-specialised roles that run
 /// concurrently, chunk by chunk, joined by a ring of α̂ slots (docs/maths.md §4: the S part needs
 /// only α̂ from the A part):
-///   A warps (0–7):  P2a X = [Û; K̂]A + refresh terms · P3 Ĝ · P3–P4 the blocked LDLᵀ and
-///                   Z = L⁻¹W̃ (warps 0–5; warps 6–7: the next chunk's Û, K̂ rows, r, r′) ·
-///                   P5 P, A update · P6 Alpha → ring · P7 α̂ (zero rules) · hand-over
-///   S warps (8–15): P1s K̂, Q, V, z prefix · P2s [K̂; Q]Sᵀ, zᵀq · hand-over · P8 L_k, QA · P9 E ·
-///                   P10 O → o, S update · P11 huge-q rows
+///   A warps (0–7):  P2a W̃ = ÛA + refresh terms · P3 Ĝ · P3–P4 the blocked LDLᵀ and
+///                   Z = L⁻¹W̃ (warps 0–5; warps 6–7: the next chunk's Û, K̂ rows, r, r′, then
+///                   X's K̂ rows K̂A + εr′K̂) · P5 P, A update · P6 Alpha → ring · P7 α̂ (zero
+///                   rules) · hand-over
+///   S warps (8–15): P1s K̂ (the A warps' rows, copied), Q, V, z prefix · P2s [K̂; Q]Sᵀ, zᵀq ·
+///                   hand-over · P8 L_k, QA · P9 E · P10 O → o, S update · P11 huge-q rows
 /// The hand-over is one CTA barrier per chunk; the S warps, whose chain is the shorter, reach it
 /// first, so the A chain hardly waits.
 template <class In, int DK, int DV>
@@ -396,7 +435,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
   const bool has_init = p.S0 != nullptr;
   std::int64_t steps = has_init ? p.steps0[pair] : 0;
 #if VLA_CUDA_CHUNKED_PROFILE
-  long long prof_[12] = {}, prof_last_ = clock64();
+  long long prof_[12] = {}, prof_s_[10] = {}, prof_last_ = clock64();
 #endif
 
   if (a_role) {
@@ -405,8 +444,16 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     float *const Zm = f + L::oZ, *const Gt = f + L::oG, *const Pm = f + L::oP, *const Dp = f + L::oD;
     float* const Di = f + L::oDi;
     In* const st = reinterpret_cast<In*>(smem + L::stageA_offset);
-    auto stage = [&](std::int64_t c) {
+    auto stage = [&](std::int64_t c) {  // by every A thread
       stage_rows<In, C, NTR>(st, H, h, span.first + c * C, ntok(c), rt, p.u, DK, p.k, DK, nullptr, 0);
+    };
+    // The stage of chunks ≥ 1 is copied, waited for and read by the two prep warps alone (below),
+    // so that the copy's latency is no other warp's wait.
+    constexpr int kPrepWarp0 = NW - 2, kPrepThreads = 32 * (NW - kPrepWarp0);
+    const bool prep_warp = warp >= kPrepWarp0;
+    auto stage_by_prep = [&](std::int64_t c) {
+      stage_rows<In, C, kPrepThreads>(st, H, h, span.first + c * C, ntok(c), rt - 32 * kPrepWarp0, p.u, DK, p.k, DK,
+                                      nullptr, 0);
     };
     // P1a for chunk cc into buffer b: Û, K̂ (zero rows where they count as zero, and past the
     // sequence's end), a thread per row (unit_row_thread), and the refresh counts r, r′ from
@@ -420,7 +467,6 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     auto prep = [&](std::int64_t cc, int b, int ph, Prep part) {
       const int n = ntok(cc);
       float* const Ub = f + L::oUK + b * 2 * C * LK;  // Û rows 0 .. C − 1, then K̂
-      float* const KZb = f + L::oKZ + b * C;
       int job = -1;
       if (part == Prep::all)
         job = lane < 2 * C / NW ? warp + NW * lane : -1;
@@ -431,7 +477,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
         const int row = is_u ? job : job - C;
         const float fct = unit_row_thread<In, DK>(st + (is_u ? 0 : C * DK) + row * DK, row < n,
                                                   is_u ? p.inv_sqrt_dk : 1.f, Ub + job * LK);
-        if (!is_u) KZb[row] = fct == 0.f ? 1.f : 0.f;
+        if (!is_u) f[L::oKZ + b * C + row] = fct == 0.f ? 1.f : 0.f;
       }
       const int i = part == Prep::all ? rt : (warp == NW - 1 ? lane : -1);
       if (i >= 0 && i < C) {
@@ -455,27 +501,34 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       VLA_SYNC_A();
       prep(0, 0, phase, Prep::all);
       VLA_SYNC_A();
-      if (nchunks > 1) stage(1);
+      if (prep_warp && nchunks > 1) stage_by_prep(1);
       cp_async_commit();
     }
     for (std::int64_t c = 0; c < nchunks; ++c) {
       const int n = ntok(c), slot = static_cast<int>(c % L::kRing), b = static_cast<int>(c & 1);
       float* const Ah = ring + slot * C * LK;
       float *const Uh = f + L::oUK + b * 2 * C * LK, *const Kh = Uh + C * LK;
-      const float *const Rb = f + L::oR + b * C, *const Ra = f + L::oRp + b * C, *const KZ = f + L::oKZ + b * C;
+      const float *const Rb = f + L::oR + b * C, *const Ra = f + L::oRp + b * C;
       const int phase_next = p.refresh_period > 0 ? (phase + n) % p.refresh_period : 0;
-      cp_async_wait_all();  // chunk c + 1's tokens (issued after the previous chunk's P3)
-      VLA_SYNC_A();         // they are visible, and the previous chunk is done with every tile
+      VLA_SYNC_A();  // the previous chunk is done with every tile
       VLA_CHUNKED_PHASE(0);
       VLA_CHUNKED_PHASE(1);
 
-      // P2a: X = [Û; K̂] A with the refresh terms. A is symmetric: B(k, n) = A(k, n) is read as
-      // As[n][k], the conflict-free order.
-      product<kSplitA, DK>(Operand{Uh, LK, 1}, Operand{As, 1, LK}, 2 * C, DK, warp, NW, lane, [&](int r, int col, float v) {
-        const float* hat = Uh + r * LK + col;  // Û (r < C) or K̂ (r ≥ C)
-        const float cnt = r < C ? Rb[r] : Ra[r - C];
-        X[r * LK + col] = cnt != 0.f ? v + p.refresh_eps * cnt * *hat : v;
-      });
+      // P2a: X = [Û; K̂] A with the refresh terms, rows r0 .. r0 + rows − 1 of [Û; K̂] by the
+      // warps [w0, w0 + nw). A is symmetric: B(k, n) = A(k, n) is read as As[n][k], the
+      // conflict-free order. Only W̃ = X's Û rows is on the A chain (Ĝ, Z need it now); its K̂ rows
+      // (K̂A + εr′K̂, needed by Alpha in P6) are formed by the two prep warps beside the LDLᵀ, from
+      // the same A_c, which P5 updates only after it.
+      auto x_rows = [&](int r0, int rows, int w0, int nw) {
+        product<kSplitA, DK>(Operand{Uh + r0 * LK, LK, 1}, Operand{As, 1, LK}, rows, DK, warp - w0, nw, lane,
+                             [&](int rr, int col, float v) {
+                               const int r = r0 + rr;
+                               const float* hat = Uh + r * LK + col;  // Û (r < C) or K̂ (r ≥ C)
+                               const float cnt = r < C ? Rb[r] : Ra[r - C];
+                               X[r * LK + col] = cnt != 0.f ? v + p.refresh_eps * cnt * *hat : v;
+                             });
+      };
+      x_rows(0, C, 0, NW);
       VLA_SYNC_A();
       VLA_CHUNKED_PHASE(2);
 
@@ -581,11 +634,20 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
         }
         named_sync(L::kBarL, kLdlThreads);
       }
-      if (warp >= kLdlWarps && c + 1 < nchunks) prep(c + 1, b ^ 1, phase_next, Prep::next);
+      static_assert(kPrepWarp0 == kLdlWarps, "vla: the prep warps are the ones beside the LDLt");
+      if (prep_warp) {
+        if (c + 1 < nchunks) {
+          cp_async_wait_all();  // chunk c + 1's raw tokens (copied by these two warps)
+          named_sync(L::kBarP, kPrepThreads);
+          prep(c + 1, b ^ 1, phase_next, Prep::next);
+          named_sync(L::kBarP, kPrepThreads);  // the stage has been read
+          if (c + 2 < nchunks) stage_by_prep(c + 2);
+          cp_async_commit();
+        }
+        x_rows(C, C, kLdlWarps, NW - kLdlWarps);  // X's K̂ rows (P2a), read first by P6
+      }
       VLA_SYNC_A();
       VLA_CHUNKED_PHASE(3);  // the whole of P3–P4 (prof_[10]: warp 0's panels within it)
-      if (c + 2 < nchunks) stage(c + 2);  // the stage has been read (the next chunk's rows are done)
-      cp_async_commit();
       VLA_CHUNKED_PHASE(4);
 
       // P5: P = tril(K̂ Zᵀ) D⁻¹; A ← A − Zᵀ D⁻¹ Z + ε r′ I on the lower tiles, mirrored.
@@ -636,25 +698,10 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
                           [&](int r, int col, float v) { Ah[r * LK + col] = X[(C + r) * LK + col] - v; });
       VLA_SYNC_A();
       VLA_CHUNKED_PHASE(6);
+      // P7: α̂ in the slot (alpha_hat_rows). Measured: P7 in the S warps after the hand-over made
+      // the S chain the longer one and the kernel 6–12 % slower (include/vla/cuda/README.md).
+      alpha_hat_rows<C, NW, DK, LK>(Ah, f + L::oKZ + b * C, warp, lane);
 
-      // P7: α̂ = α/‖α‖; a zero k̂ or a zero α writes nothing (a zero row). Then the slot is full.
-      {
-        constexpr int J = C / NW;
-        float x[J][DK / 32], one[J], fct[J];
-#pragma unroll
-        for (int r = 0; r < J; ++r) {
-          one[r] = 1.f;
-#pragma unroll
-          for (int i = 0; i < DK / 32; ++i) x[r][i] = Ah[(warp * J + r) * LK + lane + 32 * i];
-        }
-        warp_unit_factors(x, one, fct);
-#pragma unroll
-        for (int r = 0; r < J; ++r) {
-          const float g = KZ[warp * J + r] != 0.f ? 0.f : fct[r];
-#pragma unroll
-          for (int i = 0; i < DK / 32; ++i) Ah[(warp * J + r) * LK + lane + 32 * i] = x[r][i] * g;
-        }
-      }
       // The hand-over (chunk_handover: barrier kBarH of the whole CTA, both roles). The S warps
       // reach it once they are done with chunk c − 1, so the slot the A warps fill next (chunk
       // c + 1's) was last read two hand-overs ago: two slots need no "empty" barrier.
@@ -685,16 +732,27 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     for (std::int64_t c = 0; c < nchunks; ++c) {
       const int n = ntok(c), slot = static_cast<int>(c % L::kRing);
       const std::int64_t tok = span.first + c * C;
-      const float* const Ah = ring + slot * C * LK;
+      float* const Ah = ring + slot * C * LK;
       cp_async_wait_all();
       VLA_SYNC_S();
+      VLA_CHUNKED_SPHASE(0);
 
       // P1s: K̂ (as the A warps form it), Q, V; z prefix sums.
       const In* const sk = st;
       const In* const sq = st + C * DK;
       const In* const sv = st + 2 * C * DK;
-      if (warp == NW - 1 && lane < C)  // a row per lane of one warp; the A warps' code, so K̂'s bits agree
+      if (VLA_CUDA_CHUNKED_KHAT_FROM_A && c > 0) {
+        // The A warps' K̂ rows of chunk c (their P1a, buffer c mod 2), copied: they were written
+        // before the A warps' hand-over of chunk c − 1, which this thread has passed, and are
+        // overwritten (P1a of chunk c + 2) only after the hand-over of chunk c, which it has not.
+        const float* const KhA = f + L::oUK + (c & 1) * 2 * C * LK + C * LK;
+        for (int i = rt; i < C * DK / 4; i += NTR) {
+          const int row = i / (DK / 4), col = 4 * (i % (DK / 4));
+          st4(Kh + row * LK + col, ld4(KhA + row * LK + col));
+        }
+      } else if (warp == NW - 1 && lane < C) {  // a row per lane of one warp; the A warps' code, so K̂'s bits agree
         unit_row_thread<In, DK>(sk + lane * DK, lane < n, 1.f, Kh + lane * LK);
+      }
       for (int i = rt; i < C * DK; i += NTR) {
         const int row = i / DK, col = i % DK;
         Qs[row * LK + col] = row < n ? to_float(sq[i]) : 0.f;
@@ -727,13 +785,9 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
         s = group_sum<32>(s);
         if (lane == 0) ZQ[row] = s;
       }
-#if VLA_CUDA_CHUNKED_PROFILE
-      const long long wait0_ = clock64();
-#endif
+      VLA_CHUNKED_SPHASE(1);
       chunk_handover<L>();  // α̂ of chunk c is in the ring (and every S warp is past P2s)
-#if VLA_CUDA_CHUNKED_PROFILE
-      if (tid == NTR && blockIdx.x == 0) prof_[11] += clock64() - wait0_;  // the S warps' wait for α̂
-#endif
+      VLA_CHUNKED_SPHASE(2);
 
       // P8: L_k = tril₋(K̂ Α̂ᵀ), QA = tril(Q Α̂ᵀ), in one product (K̂ and Q are consecutive rows).
       product<kSplitS, DK>(Operand{Kh, LK, 1}, Operand{Ah, 1, LK}, 2 * C, C, warp, NW, lane, [&](int r, int col, float v) {
@@ -743,6 +797,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
           QA[(r - C) * LC + col] = col <= r - C ? v : 0.f;
       });
       VLA_SYNC_S();
+      VLA_CHUNKED_SPHASE(4);
 
       // P9: (I + L_k) E = V − K̂ Sᵀ, G lanes per column (4 for dv ≤ 64), in blocks of 8 rows.
       {
@@ -757,6 +812,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
           }
       }
       VLA_SYNC_S();
+      VLA_CHUNKED_SPHASE(5);
 
       // P10: O = QSᵀ + QA E → o; S ← S + Eᵀ Α̂.
       In* const o = p.o;
@@ -778,6 +834,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
       product<kSplitS, C>(Operand{E, 1, LV}, Operand{Ah, LK, 1}, DV, DK, warp, NW, lane,
                           [&](int r, int col, float v) { Ss[r * LK + col] += v; });
       VLA_SYNC_S();
+      VLA_CHUNKED_SPHASE(6);
 
       // P11 (rare): rows whose S q or zᵀq overflowed (huge finite q), by rules::rescaled_output from
       // q̃ = q/max|q|: S_t q̃ = S_end q̃ − Σ_{s>t} e_s (α̂_sᵀ q̃), z_tᵀ q̃ from the prefix sums.
@@ -806,6 +863,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
         }
         VLA_SYNC_S();
       }
+      VLA_CHUNKED_SPHASE(7);
       steps += n;
     }
     cp_async_wait_all();
@@ -818,15 +876,20 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     }
   }
 #if VLA_CUDA_CHUNKED_PROFILE
-  if (tid == NTR && blockIdx.x == 0 && nchunks > 0)
-    printf("chunked profile: the S warps wait %lld cycles per chunk for alpha-hat\n", prof_[11] / nchunks);
+  if (tid == NTR && blockIdx.x == 0 && nchunks > 0) {
+    const long long n = nchunks;
+    printf("chunked profile (CTA 0, S warps), cycles per chunk: top wait %lld, K/Q/V+z+[K;Q]S^T %lld, "
+           "hand-over wait %lld, Lk+QA %lld, E solve %lld, O+S update %lld, huge-q %lld\n",
+           prof_s_[0] / n, prof_s_[1] / n, prof_s_[2] / n, prof_s_[4] / n, prof_s_[5] / n,
+           prof_s_[6] / n, prof_s_[7] / n);
+  }
   if (tid == 0 && blockIdx.x == 0 && nchunks > 0) {
     long long tot = 0;
     for (int i = 0; i < 9; ++i) tot += prof_[i];
     const long long n = nchunks;
-    printf("chunked profile (CTA 0, A warps, %lld chunks), cycles per chunk: X=[U;K]A %lld, G %lld, "
+    printf("chunked profile (CTA 0, A warps, %lld chunks), cycles per chunk: top wait %lld, W=UA %lld, G %lld, "
            "blocked LDLt+Z %lld (panels %lld), P+A update %lld, Alpha %lld, alpha-hat+hand-over %lld | total %lld\n",
-           n, prof_[2] / n, prof_[8] / n, prof_[3] / n, prof_[10] / n, prof_[5] / n, prof_[6] / n, prof_[7] / n, tot / n);
+           n, prof_[0] / n, prof_[2] / n, prof_[8] / n, prof_[3] / n, prof_[10] / n, prof_[5] / n, prof_[6] / n, prof_[7] / n, tot / n);
   }
 #endif
 }
