@@ -155,60 +155,31 @@ class TinyLM<backend::Cuda, float> {
                              " (d_model / n_heads): the CUDA op is built for 32, 64 and 128");
     TinyLM m;
     m.cfg_ = cfg;
-    // The layout of every parameter in one device allocation: (name, shape, required).
-    struct Want {
-      std::string name;
-      std::vector<std::int64_t> shape;
-      bool required;
-    };
-    std::vector<Want> want = {{"tok.weight", {cfg.vocab_size, d}, true}, {"pos.weight", {cfg.max_seq_len, d}, true},
-                              {"ln_f.weight", {d}, true}, {"ln_f.bias", {d}, true},
-                              {"head.weight", {cfg.vocab_size, d}, false}};
-    for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
-      const std::string b = "blocks." + std::to_string(l) + ".";
-      for (const char* ln : {"ln1", "ln2"}) {
-        want.push_back({b + ln + ".weight", {d}, true});
-        want.push_back({b + ln + ".bias", {d}, true});
-      }
-      // W_q, W_k, W_v side by side (d·d floats apart): one strided-batched GEMM projects all three.
-      for (const char* p : {"Wq", "Wk", "Wv", "Wo"}) want.push_back({b + "attn." + p + ".weight", {d, d}, true});
-      for (const char* p : {"Wq", "Wk", "Wv", "Wo"}) want.push_back({b + "attn." + p + ".bias", {d}, false});
-      if (cfg.attention == layers::AttentionKind::vla) want.push_back({b + "attn.Wu.weight", {d, d}, true});
-      if (cfg.attention == layers::AttentionKind::deltanet) {
-        want.push_back({b + "attn.Wbeta.weight", {H, d}, true});
-        want.push_back({b + "attn.Wbeta.bias", {H}, false});
-      }
-      want.push_back({b + "attn.norm_o.weight", {d}, false});
-      want.push_back({b + "attn.norm_o.bias", {d}, false});
-      want.push_back({b + "ff.0.weight", {cfg.d_ff, d}, true});
-      want.push_back({b + "ff.0.bias", {cfg.d_ff}, false});
-      want.push_back({b + "ff.2.weight", {d, cfg.d_ff}, true});
-      want.push_back({b + "ff.2.bias", {d}, false});
-    }
-    auto shape_str = [](const std::vector<std::int64_t>& s) {
-      std::string r = "[";
-      for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-      return r + "]";
-    };
+    // Every parameter in one device allocation, in the table's order (W_q, W_k, W_v consecutive,
+    // d·d floats apart: one strided-batched GEMM projects all three).
+    const std::vector<TensorSpec> want = tinylm_tensors(cfg);
     std::size_t total = 0;
     std::vector<std::pair<const HostTensor*, std::size_t>> place;
-    for (const Want& w : want) {
+    for (const TensorSpec& w : want) {
       auto it = tensors.find(w.name);
       if (it == tensors.end()) {
         if (w.required) return Status::invalid("vla::models::TinyLM<Cuda>: no tensor '" + w.name + "'");
         continue;
       }
       if (it->second.shape != w.shape)
-        return Status::invalid("vla::models::TinyLM<Cuda>: '" + w.name + "' is " + shape_str(it->second.shape) + ", must be " +
-                               shape_str(w.shape));
+        return Status::invalid("vla::models::TinyLM<Cuda>: tensor '" + w.name + "': expected shape " +
+                               io::detail::shape_text(w.shape) + ", stored " + io::detail::shape_text(it->second.shape));
       for (float v : it->second.values)
         if (!std::isfinite(v)) return Status::invalid("vla::models::TinyLM<Cuda>: '" + w.name + "' holds a NaN or an infinity");
       m.offset_[w.name] = total;
       place.push_back({&it->second, total});
       total += (it->second.values.size() + 3) / 4 * 4;  // 16-byte aligned, for the op's vector loads
     }
-    if (tensors.count("blocks.0.attn.norm_o.weight") != tensors.count("blocks.0.attn.norm_o.bias"))
-      return Status::invalid("vla::models::TinyLM<Cuda>: norm_o needs both its weight and its bias");
+    for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
+      const std::string norm = TinyLMNames::attn_module(l, TinyLMNames::attention().out_norm);
+      if (tensors.count(TinyLMNames::weight(norm)) != tensors.count(TinyLMNames::bias(norm)))
+        return Status::invalid("vla::models::TinyLM<Cuda>: " + norm + " needs both its weight and its bias");
+    }
     int devices = 0;
     if (const cudaError_t e0 = cudaGetDeviceCount(&devices); e0 != cudaSuccess || devices == 0)
       return Status::from_cuda(e0 != cudaSuccess ? e0 : cudaErrorNoDevice, "vla::models::TinyLM<Cuda>: no GPU");
@@ -598,26 +569,30 @@ class TinyLM<backend::Cuda, float> {
     if (e != cudaSuccess) return Status::from_cuda(e, "vla::models::TinyLM<Cuda>: token upload");
     using cuda_detail::grid_for;
     const unsigned ln_grid = static_cast<unsigned>((R + 7) / 8);
-    cuda_detail::embed<<<grid_for(R * d), 256, 0, stream>>>(ids, ids + R, w("tok.weight"), w("pos.weight"), x, R, static_cast<int>(d));
+    using N = TinyLMNames;
+    const io::AttentionNames an = N::attention();
+    cuda_detail::embed<<<grid_for(R * d), 256, 0, stream>>>(ids, ids + R, w(N::weight(N::tok())), w(N::weight(N::pos())), x, R,
+                                                            static_cast<int>(d));
     if (Status st = launched("vla::models::TinyLM<Cuda>: embed"); !st) return st;
     const float eps = static_cast<float>(cfg_.norm_eps);
     for (std::int64_t l = 0; l < cfg_.n_layers; ++l) {
-      const std::string b = "blocks." + std::to_string(l) + ".", a = b + "attn.";
+      auto attn = [&](const std::string& name) { return N::attn_module(l, name); };
       // The previous block's ff.2 bias is added to x here (none before the first block).
-      const float* pending = l == 0 ? nullptr : w("blocks." + std::to_string(l - 1) + ".ff.2.bias");
-      cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w(b + "ln1.weight"), w(b + "ln1.bias"), pending, R, static_cast<int>(d), eps);
+      const float* pending = l == 0 ? nullptr : w(N::bias(N::ff2(l - 1)));
+      cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w(N::weight(N::ln1(l))), w(N::bias(N::ln1(l))), pending, R,
+                                                           static_cast<int>(d), eps);
       Status st = launched("vla::models::TinyLM<Cuda>: ln1");
-      if (st) st = gemm_qkv(h, w(a + "Wq.weight"), q, off_k_ - off_q_, R, d);
+      if (st) st = gemm_qkv(h, w(N::weight(attn(an.q))), q, off_k_ - off_q_, R, d);
       const bool vla_kind = cfg_.attention == layers::AttentionKind::vla;
       if (st)
-        cuda_detail::qkv_bias_act<<<grid_for(3 * R * d), 256, 0, stream>>>(q, off_k_ - off_q_, w(a + "Wq.bias"), w(a + "Wk.bias"),
-                                                                            w(a + "Wv.bias"), R, static_cast<int>(d),
+        cuda_detail::qkv_bias_act<<<grid_for(3 * R * d), 256, 0, stream>>>(q, off_k_ - off_q_, w(N::bias(attn(an.q))),
+                                                                            w(N::bias(attn(an.k))), w(N::bias(attn(an.v))), R, static_cast<int>(d),
                                                                             cfg_.attention == layers::AttentionKind::linear_attention);
-      if (st && vla_kind) st = gemm(k, w(a + "Wu.weight"), u, R, d, d, 0.f);  // from the raw keys
+      if (st && vla_kind) st = gemm(k, w(N::weight(attn(an.u))), u, R, d, d, 0.f);  // from the raw keys
       if (st && vla_kind) cuda_detail::bias_act<<<grid_for(R * d), 256, 0, stream>>>(k, nullptr, R, static_cast<int>(d), cuda_detail::kEluPlusOne);
       if (st && cfg_.attention == layers::AttentionKind::deltanet) {
-        st = gemm(h, w(a + "Wbeta.weight"), beta, R, d, H, 0.f);
-        if (st) cuda_detail::bias_act<<<grid_for(R * H), 256, 0, stream>>>(beta, w(a + "Wbeta.bias"), R, static_cast<int>(H), cuda_detail::kSigmoidBeta);
+        st = gemm(h, w(N::weight(attn(an.beta))), beta, R, d, H, 0.f);
+        if (st) cuda_detail::bias_act<<<grid_for(R * H), 256, 0, stream>>>(beta, w(N::bias(attn(an.beta))), R, static_cast<int>(H), cuda_detail::kSigmoidBeta);
       }
       if (st) st = launched("vla::models::TinyLM<Cuda>: projections");
       const std::int32_t* ds = decode ? d_slots : nullptr;
@@ -630,24 +605,28 @@ class TinyLM<backend::Cuda, float> {
           case layers::AttentionKind::deltanet: st = op_call<op::DeltaNet>(q, k, v, u, beta, o, cache, l, batch, T, first, ds, stream); break;
         }
       }
-      if (st && w(a + "norm_o.weight")) {
-        cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(o, o, w(a + "norm_o.weight"), w(a + "norm_o.bias"), nullptr, R, static_cast<int>(d), eps);
+      if (st && w(N::weight(attn(an.out_norm)))) {
+        cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(o, o, w(N::weight(attn(an.out_norm))), w(N::bias(attn(an.out_norm))),
+                                                             nullptr, R, static_cast<int>(d), eps);
         st = launched("vla::models::TinyLM<Cuda>: norm_o");
       }
       // x += o W_oᵀ + b_o, then x += W₂ GELU(W₁ LN₂(x) + b₁) + b₂: the residuals through GEMM's beta = 1,
       // b_o and b₂ added by the norm that reads x next (layer_norm's add_bias).
-      if (st) st = gemm(o, w(a + "Wo.weight"), x, R, d, d, 1.f);
-      if (st) cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w(b + "ln2.weight"), w(b + "ln2.bias"), w(a + "Wo.bias"), R, static_cast<int>(d), eps);
-      if (st) st = gemm(h, w(b + "ff.0.weight"), f, R, d, cfg_.d_ff, 0.f);
-      if (st) cuda_detail::bias_act<<<grid_for(R * cfg_.d_ff), 256, 0, stream>>>(f, w(b + "ff.0.bias"), R, static_cast<int>(cfg_.d_ff), cuda_detail::kGelu);
-      if (st) st = gemm(f, w(b + "ff.2.weight"), x, R, cfg_.d_ff, d, 1.f);
+      if (st) st = gemm(o, w(N::weight(attn(an.o))), x, R, d, d, 1.f);
+      if (st) cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w(N::weight(N::ln2(l))), w(N::bias(N::ln2(l))),
+                                                                   w(N::bias(attn(an.o))), R, static_cast<int>(d), eps);
+      if (st) st = gemm(h, w(N::weight(N::ff1(l))), f, R, d, cfg_.d_ff, 0.f);
+      if (st) cuda_detail::bias_act<<<grid_for(R * cfg_.d_ff), 256, 0, stream>>>(f, w(N::bias(N::ff1(l))), R, static_cast<int>(cfg_.d_ff), cuda_detail::kGelu);
+      if (st) st = gemm(f, w(N::weight(N::ff2(l))), x, R, cfg_.d_ff, d, 1.f);
       if (st) st = launched("vla::models::TinyLM<Cuda>: block");
       if (!st) return st;
     }
-    const float* pending = cfg_.n_layers == 0 ? nullptr : w("blocks." + std::to_string(cfg_.n_layers - 1) + ".ff.2.bias");
-    cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w("ln_f.weight"), w("ln_f.bias"), pending, R, static_cast<int>(d), eps);
+    const float* pending = cfg_.n_layers == 0 ? nullptr : w(N::bias(N::ff2(cfg_.n_layers - 1)));
+    cuda_detail::layer_norm<<<ln_grid, 256, 0, stream>>>(x, h, w(N::weight(N::ln_f())), w(N::bias(N::ln_f())), pending, R,
+                                                         static_cast<int>(d), eps);
     if (Status st = launched("vla::models::TinyLM<Cuda>: ln_f"); !st) return st;
-    return gemm(h, w("head.weight") ? w("head.weight") : w("tok.weight"), lg, R, d, cfg_.vocab_size, 0.f);
+    const float* head = w(N::weight(N::head()));
+    return gemm(h, head ? head : w(N::weight(N::tok())), lg, R, d, cfg_.vocab_size, 0.f);
   }
 
   void swap(TinyLM& o) noexcept {

@@ -49,22 +49,21 @@ struct TinyLMWeights {
   /// io::Safetensors file or a TensorMap.
   template <class Source>
   static TinyLMWeights read(const Source& f, const TinyLMConfig& c) {
+    using N = TinyLMNames;
     TinyLMWeights w;
-    w.tok = io::read_matrix<Scalar>(f, "tok.weight", c.vocab_size, c.d_model);
-    w.pos = io::read_matrix<Scalar>(f, "pos.weight", c.max_seq_len, c.d_model);
+    w.tok = io::read_matrix<Scalar>(f, N::weight(N::tok()), c.vocab_size, c.d_model);
+    w.pos = io::read_matrix<Scalar>(f, N::weight(N::pos()), c.max_seq_len, c.d_model);
     for (std::int64_t i = 0; i < c.n_layers; ++i) {
-      const std::string b = "blocks." + std::to_string(i) + ".";
       Block blk;
-      blk.ln1 = io::read_layer_norm<Scalar>(f, b + "ln1", c.d_model, c.norm_eps);
-      blk.ln2 = io::read_layer_norm<Scalar>(f, b + "ln2", c.d_model, c.norm_eps);
-      blk.attn = io::read_attention<Scalar>(f, b + "attn", c.attention_spec(), io::AttentionNames::authors_multihead(),
-                                            c.norm_eps);
-      blk.ff1 = io::read_linear<Scalar>(f, b + "ff.0", c.d_ff, c.d_model);
-      blk.ff2 = io::read_linear<Scalar>(f, b + "ff.2", c.d_model, c.d_ff);
+      blk.ln1 = io::read_layer_norm<Scalar>(f, N::ln1(i), c.d_model, c.norm_eps);
+      blk.ln2 = io::read_layer_norm<Scalar>(f, N::ln2(i), c.d_model, c.norm_eps);
+      blk.attn = io::read_attention<Scalar>(f, N::attn(i), c.attention_spec(), N::attention(), c.norm_eps);
+      blk.ff1 = io::read_linear<Scalar>(f, N::ff1(i), c.d_ff, c.d_model);
+      blk.ff2 = io::read_linear<Scalar>(f, N::ff2(i), c.d_model, c.d_ff);
       w.blocks.push_back(std::move(blk));
     }
-    w.ln_f = io::read_layer_norm<Scalar>(f, "ln_f", c.d_model, c.norm_eps);
-    if (f.contains("head.weight")) w.head = io::read_matrix<Scalar>(f, "head.weight", c.vocab_size, c.d_model);
+    w.ln_f = io::read_layer_norm<Scalar>(f, N::ln_f(), c.d_model, c.norm_eps);
+    if (f.contains(N::weight(N::head()))) w.head = io::read_matrix<Scalar>(f, N::weight(N::head()), c.vocab_size, c.d_model);
     return w;
   }
 
@@ -98,30 +97,31 @@ class TinyLM<backend::Cpu, Scalar> {
 
   TinyLM(const TinyLMConfig& cfg, TinyLMWeights<Scalar> w) : cfg_(cfg), w_(std::move(w)) {
     cfg.validate();
-    auto shape = [](const Rows& m, std::int64_t r, std::int64_t c, const char* what) {
+    using N = TinyLMNames;
+    auto shape = [](const Rows& m, std::int64_t r, std::int64_t c, const std::string& what) {
       if (m.rows() != r || m.cols() != c)
-        throw std::invalid_argument(std::string("vla::models::TinyLM: ") + what + " must be [" + std::to_string(r) + ", " +
+        throw std::invalid_argument("vla::models::TinyLM: " + what + " must be [" + std::to_string(r) + ", " +
                                     std::to_string(c) + "]");
-      if (!m.allFinite()) throw std::invalid_argument(std::string("vla::models::TinyLM: ") + what + " holds a NaN or an infinity");
+      if (!m.allFinite()) throw std::invalid_argument("vla::models::TinyLM: " + what + " holds a NaN or an infinity");
     };
-    shape(w_.tok, cfg.vocab_size, cfg.d_model, "tok.weight");
-    shape(w_.pos, cfg.max_seq_len, cfg.d_model, "pos.weight");
-    if (w_.head.size() != 0) shape(w_.head, cfg.vocab_size, cfg.d_model, "head.weight");
+    shape(w_.tok, cfg.vocab_size, cfg.d_model, N::weight(N::tok()));
+    shape(w_.pos, cfg.max_seq_len, cfg.d_model, N::weight(N::pos()));
+    if (w_.head.size() != 0) shape(w_.head, cfg.vocab_size, cfg.d_model, N::weight(N::head()));
     if (static_cast<std::int64_t>(w_.blocks.size()) != cfg.n_layers)
       throw std::invalid_argument("vla::models::TinyLM: " + std::to_string(w_.blocks.size()) + " blocks for n_layers = " +
                                   std::to_string(cfg.n_layers));
-    w_.ln_f.check("ln_f", cfg.d_model);
+    w_.ln_f.check(N::ln_f(), cfg.d_model);
     for (std::size_t i = 0; i < w_.blocks.size(); ++i) {
-      const std::string b = "blocks." + std::to_string(i) + ".";
+      const auto l = static_cast<std::int64_t>(i);
       auto& blk = w_.blocks[i];
-      blk.ln1.check(b + "ln1", cfg.d_model);
-      blk.ln2.check(b + "ln2", cfg.d_model);
-      blk.ff1.check(b + "ff.0", cfg.d_ff, cfg.d_model);
-      blk.ff2.check(b + "ff.2", cfg.d_model, cfg.d_ff);
+      blk.ln1.check(N::ln1(l), cfg.d_model);
+      blk.ln2.check(N::ln2(l), cfg.d_model);
+      blk.ff1.check(N::ff1(l), cfg.d_ff, cfg.d_model);
+      blk.ff2.check(N::ff2(l), cfg.d_model, cfg.d_ff);
       try {
         layers_.emplace_back(cfg.attention_spec(), blk.attn);
       } catch (const std::invalid_argument& e) {
-        throw std::invalid_argument(b + "attn." + e.what());
+        throw std::invalid_argument(N::attn(l) + "." + e.what());
       }
     }
   }

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "vla/config.hpp"
+#include "vla/io/names.hpp"        // vla::io::AttentionNames
 #include "vla/io/safetensors.hpp"  // vla::io::FormatError
 #include "vla/layers/kind.hpp"
 
@@ -166,48 +167,98 @@ class TensorMap {
   std::string source_ = "<tensors>";
 };
 
-/// A TinyLM's tensors as the authors initialise it (TinyLM._init_weights, notebooks/07): every
-/// Linear and Embedding weight N(0, 0.02²), biases 0, LayerNorms γ = 1, β = 0, the head tied (no
-/// head.weight), VLA's output norm as VLAv3Attn has it (none for the baselines); DeltaNet's β
-/// projection [n_heads, d_model] with a bias. Draws from std::mt19937_64(seed) in name order: not
-/// PyTorch's numbers, the same distribution. Both backends' models are built from these.
+/// The state_dict names of a TinyLM's modules (the authors' TinyLM, notebooks/07): the one place
+/// that spells them, used by the table below, the CPU reader (TinyLMWeights::read) and the CUDA
+/// model. Module prefixes; a parameter is prefix + ".weight" / ".bias" (weight(), bias()).
+struct TinyLMNames {
+  static std::string weight(const std::string& module) { return module + ".weight"; }
+  static std::string bias(const std::string& module) { return module + ".bias"; }
+  static std::string tok() { return "tok"; }    ///< token embedding [vocab, d_model]
+  static std::string pos() { return "pos"; }    ///< position embedding [max_seq_len, d_model]
+  static std::string ln_f() { return "ln_f"; }  ///< the final LayerNorm
+  static std::string head() { return "head"; }  ///< the output head [vocab, d_model]; absent = tied to tok
+  static std::string block(std::int64_t l) { return "blocks." + std::to_string(l); }
+  static std::string ln1(std::int64_t l) { return block(l) + ".ln1"; }
+  static std::string ln2(std::int64_t l) { return block(l) + ".ln2"; }
+  static std::string attn(std::int64_t l) { return block(l) + ".attn"; }
+  static std::string ff1(std::int64_t l) { return block(l) + ".ff.0"; }  ///< [d_ff, d_model], then GELU
+  static std::string ff2(std::int64_t l) { return block(l) + ".ff.2"; }  ///< [d_model, d_ff]
+  /// The attention layer's parameters, relative to attn(l).
+  static io::AttentionNames attention() { return io::AttentionNames::authors_multihead(); }
+  /// A parameter of block l's attention layer: attn_module(l, attention().q) = "blocks.l.attn.Wq".
+  static std::string attn_module(std::int64_t l, const std::string& name) { return attn(l) + "." + name; }
+};
+
+/// How the authors initialise a tensor (TinyLM._init_weights); `none`: their model has no such tensor.
+enum class TensorInit { normal, zeros, ones, none };
+
+/// One parameter of a TinyLM: state_dict name, shape, whether a model file must hold it, and its
+/// initialisation in the authors' model.
+struct TensorSpec {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  bool required;
+  TensorInit init;
+};
+
+/// Every parameter a TinyLM of configuration `c` may hold, in one order: the embeddings, the final
+/// norm, the head, then per block the norms, W_q, W_k, W_v, W_o (consecutive: the CUDA model places
+/// them d·d floats apart for one strided-batched GEMM), their biases, W_u, W_β, the output norm and
+/// the FFN. Optional: every bias, the output norm, the head. The table that random_tensors draws
+/// from and the CUDA model checks and places by.
+inline std::vector<TensorSpec> tinylm_tensors(const TinyLMConfig& c) {
+  using N = TinyLMNames;
+  using I = TensorInit;
+  const std::int64_t d = c.d_model;
+  const bool vla = c.attention == layers::AttentionKind::vla, deltanet = c.attention == layers::AttentionKind::deltanet;
+  std::vector<TensorSpec> t = {{N::weight(N::tok()), {c.vocab_size, d}, true, I::normal},
+                               {N::weight(N::pos()), {c.max_seq_len, d}, true, I::normal},
+                               {N::weight(N::ln_f()), {d}, true, I::ones},
+                               {N::bias(N::ln_f()), {d}, true, I::zeros},
+                               {N::weight(N::head()), {c.vocab_size, d}, false, I::none}};
+  const io::AttentionNames an = N::attention();
+  for (std::int64_t l = 0; l < c.n_layers; ++l) {
+    for (const std::string& ln : {N::ln1(l), N::ln2(l)}) {
+      t.push_back({N::weight(ln), {d}, true, I::ones});
+      t.push_back({N::bias(ln), {d}, true, I::zeros});
+    }
+    for (const std::string* p : {&an.q, &an.k, &an.v, &an.o}) t.push_back({N::weight(N::attn_module(l, *p)), {d, d}, true, I::normal});
+    for (const std::string* p : {&an.q, &an.k, &an.v, &an.o}) t.push_back({N::bias(N::attn_module(l, *p)), {d}, false, I::zeros});
+    if (vla) t.push_back({N::weight(N::attn_module(l, an.u)), {d, d}, true, I::normal});
+    if (deltanet) {
+      t.push_back({N::weight(N::attn_module(l, an.beta)), {c.n_heads, d}, true, I::normal});
+      t.push_back({N::bias(N::attn_module(l, an.beta)), {c.n_heads}, false, I::zeros});
+    }
+    // VLAv3Attn has the output norm, LinearAttn does not; a file may hold one for any kind.
+    t.push_back({N::weight(N::attn_module(l, an.out_norm)), {d}, false, vla ? I::ones : I::none});
+    t.push_back({N::bias(N::attn_module(l, an.out_norm)), {d}, false, vla ? I::zeros : I::none});
+    t.push_back({N::weight(N::ff1(l)), {c.d_ff, d}, true, I::normal});
+    t.push_back({N::bias(N::ff1(l)), {c.d_ff}, false, I::zeros});
+    t.push_back({N::weight(N::ff2(l)), {d, c.d_ff}, true, I::normal});
+    t.push_back({N::bias(N::ff2(l)), {d}, false, I::zeros});
+  }
+  return t;
+}
+
+/// A TinyLM's tensors as the authors initialise it (TinyLM._init_weights, notebooks/07; the `init`
+/// column of tinylm_tensors): every Linear and Embedding weight N(0, 0.02²), biases 0, LayerNorms
+/// γ = 1, β = 0, the head tied (no head.weight), VLA's output norm as VLAv3Attn has it (none for the
+/// baselines); DeltaNet's β projection [n_heads, d_model] with a bias. Draws from
+/// std::mt19937_64(seed) in the table's order: not PyTorch's numbers, the same distribution. Both
+/// backends' models are built from these.
 inline TensorMap random_tensors(const TinyLMConfig& c, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 0.02);
   std::map<std::string, HostTensor> t;
-  auto normal_t = [&](const std::string& n, std::vector<std::int64_t> shape) {
-    HostTensor h{shape, {}};
+  for (const TensorSpec& s : tinylm_tensors(c)) {
+    if (s.init == TensorInit::none) continue;
     std::int64_t count = 1;
-    for (auto x : shape) count *= x;
-    for (std::int64_t i = 0; i < count; ++i) h.values.push_back(static_cast<float>(normal(rng)));
-    t[n] = std::move(h);
-  };
-  auto constant = [&](const std::string& n, std::int64_t size, float v) { t[n] = {{size}, std::vector<float>(static_cast<std::size_t>(size), v)}; };
-  auto linear = [&](const std::string& n, std::int64_t out, std::int64_t in, bool bias) {
-    normal_t(n + ".weight", {out, in});
-    if (bias) constant(n + ".bias", out, 0.f);
-  };
-  auto ln = [&](const std::string& n, std::int64_t size) {
-    constant(n + ".weight", size, 1.f);
-    constant(n + ".bias", size, 0.f);
-  };
-  const std::int64_t d = c.d_model;
-  normal_t("tok.weight", {c.vocab_size, d});
-  normal_t("pos.weight", {c.max_seq_len, d});
-  for (std::int64_t i = 0; i < c.n_layers; ++i) {
-    const std::string b = "blocks." + std::to_string(i) + ".";
-    ln(b + "ln1", d);
-    ln(b + "ln2", d);
-    for (const char* p : {"Wq", "Wk", "Wv", "Wo"}) linear(b + "attn." + p, d, d, true);
-    if (c.attention == layers::AttentionKind::vla) {
-      linear(b + "attn.Wu", d, d, false);
-      ln(b + "attn.norm_o", d);
-    }
-    if (c.attention == layers::AttentionKind::deltanet) linear(b + "attn.Wbeta", c.n_heads, d, true);
-    linear(b + "ff.0", c.d_ff, d, true);
-    linear(b + "ff.2", d, c.d_ff, true);
+    for (auto x : s.shape) count *= x;
+    HostTensor h{s.shape, std::vector<float>(static_cast<std::size_t>(count), s.init == TensorInit::ones ? 1.f : 0.f)};
+    if (s.init == TensorInit::normal)
+      for (float& v : h.values) v = static_cast<float>(normal(rng));
+    t[s.name] = std::move(h);
   }
-  ln("ln_f", d);
   return TensorMap(std::move(t), "<random_tensors seed " + std::to_string(seed) + ">");
 }
 
