@@ -238,6 +238,60 @@ int run_handoff(const char* name, unsigned* d) {
   return e == cudaSuccess && h == 0 ? 0 : 1;
 }
 
+/// The two roles of the chunked kernel in four warps: warps 0–1 ("A") on a named barrier of their
+/// own (barrier 1, 64 threads), warps 2–3 ("S") on theirs (barrier 2, 64 threads, three times per
+/// round, as the S warps pass theirs), and between them a barrier of all four: `__syncthreads`
+/// reached converged by all (Cta = 0) or `barrier.sync 4, 128` reached by each role from its own
+/// branch (Cta = 1, the kernel's hand-over). Warp 0 writes the buffer; barrier 1; warp 1 reads and
+/// rewrites it; the CTA barrier; warp 2 reads it; barrier 2 (×3); the CTA barrier. Every pair of
+/// accesses is ordered by a barrier both threads take part in. (Written 2026-12-03 after run 13:
+/// the combination no earlier four-warp probe had.)
+template <int Cta>
+__global__ void probe_roles(int rounds, unsigned* mismatches) {
+  __shared__ float buf[64];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  unsigned bad = 0;
+  auto cta = [&] {
+    if (Cta == 0) __syncthreads();
+    else asm volatile("barrier.sync 4, 128;\n" ::: "memory");
+  };
+  for (int it = 0; it < rounds; ++it) {
+    if (warp < 2) {  // the A role
+      if (warp == 0) buf[lane] = float(it), buf[lane + 32] = float(it) + 0.5f;
+      asm volatile("bar.sync 1, 64;\n" ::: "memory");
+      if (warp == 1) {
+        for (int i = 0; i < 64; ++i) bad += buf[i] != float(it) + (i >= 32 ? 0.5f : 0.f);
+        __syncwarp();
+        buf[lane] = -float(it), buf[lane + 32] = -float(it) - 0.5f;
+      }
+      if (Cta == 1) cta();
+    } else {  // the S role
+      if (Cta == 1) cta();
+    }
+    if (Cta == 0) cta();
+    if (warp >= 2) {
+      if (warp == 2)
+        for (int i = 0; i < 64; ++i) bad += buf[i] != -float(it) - (i >= 32 ? 0.5f : 0.f);
+      for (int b = 0; b < 3; ++b) asm volatile("bar.sync 2, 64;\n" ::: "memory");
+      if (Cta == 1) cta();
+    } else {
+      if (Cta == 1) cta();
+    }
+    if (Cta == 0) cta();
+  }
+  if (bad) atomicAdd(mismatches, bad);
+}
+
+template <int Cta>
+int run_roles(const char* name, unsigned* d) {
+  cudaMemset(d, 0, sizeof(unsigned));
+  probe_roles<Cta><<<1, 128>>>(3, d);
+  unsigned h = 0;
+  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
+  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
+  return e == cudaSuccess && h == 0 ? 0 : 1;
+}
+
 template <int NA, int NS, bool AFirst, int RING>
 int run(const char* name, unsigned* d) {
   cudaMemset(d, 0, sizeof(unsigned));
@@ -294,6 +348,8 @@ int main(int argc, char** argv) {
   if (pick()) fails += run_handoff<0>("handoff: __syncthreads, then warp 2 reads", d);
   if (pick()) fails += run_handoff<1>("handoff: bar.sync 1, 64, then warp 2 reads", d);
   if (pick()) fails += run_handoff<2>("handoff: barrier.sync 1, 64, then warp 2 reads", d);
+  if (pick()) fails += run_roles<0>("roles: barriers 1 and 2, __syncthreads", d);
+  if (pick()) fails += run_roles<1>("roles: barriers 1 and 2, barrier.sync 4 per role", d);
   cudaFree(src);
   cudaFree(d);
   return fails ? 1 : 0;
