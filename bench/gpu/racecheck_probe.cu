@@ -29,6 +29,18 @@ using vla::cuda::detail::cp_async16;
 using vla::cuda::detail::cp_async_commit;
 using vla::cuda::detail::cp_async_wait_all;
 
+/// Runs one probe: clears the mismatch counter, calls launch(d), reads the counter back and prints
+/// the probe's line. 0 = ran and read no wrong value.
+template <class Launch>
+int report(const char* name, unsigned* d, Launch&& launch) {
+  cudaMemset(d, 0, sizeof(unsigned));
+  launch(d);
+  unsigned h = 0;
+  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
+  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
+  return e == cudaSuccess && h == 0 ? 0 : 1;
+}
+
 template <int NA, int NS, bool AFirst, int RING>
 __global__ void probe(int nchunks, unsigned* mismatches) {
   constexpr int C = 16;
@@ -144,12 +156,7 @@ __global__ void probe_chunked(int nchunks, const float4* src, unsigned* mismatch
 
 template <bool Sub, bool Cpa, int Hand>
 int run_chunked(const char* name, const float4* src, unsigned* d) {
-  cudaMemset(d, 0, sizeof(unsigned));
-  probe_chunked<Sub, Cpa, Hand><<<2, 512>>>(7, src, d);
-  unsigned h = 0;
-  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
-  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
-  return e == cudaSuccess && h == 0 ? 0 : 1;
+  return report(name, d, [&](unsigned* m) { probe_chunked<Sub, Cpa, Hand><<<2, 512>>>(7, src, m); });
 }
 
 /// The smallest case of the chunked kernel's P6 → P7 pattern: in a CTA of 4 warps, warp 0 writes a
@@ -191,12 +198,7 @@ __global__ void probe_partial(int rounds, unsigned* mismatches) {
 
 template <int Bar, bool Other>
 int run_partial(const char* name, unsigned* d) {
-  cudaMemset(d, 0, sizeof(unsigned));
-  probe_partial<Bar, Other><<<1, 128>>>(3, d);
-  unsigned h = 0;
-  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
-  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
-  return e == cudaSuccess && h == 0 ? 0 : 1;
+  return report(name, d, [&](unsigned* m) { probe_partial<Bar, Other><<<1, 128>>>(3, m); });
 }
 
 /// The chunked kernel's P6 → P7 → S-warp read in four warps: warp 0 writes a buffer; warps 0–1 pass
@@ -230,12 +232,7 @@ __global__ void probe_handoff(int rounds, unsigned* mismatches) {
 
 template <int Bar>
 int run_handoff(const char* name, unsigned* d) {
-  cudaMemset(d, 0, sizeof(unsigned));
-  probe_handoff<Bar><<<1, 128>>>(3, d);
-  unsigned h = 0;
-  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
-  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
-  return e == cudaSuccess && h == 0 ? 0 : 1;
+  return report(name, d, [&](unsigned* m) { probe_handoff<Bar><<<1, 128>>>(3, m); });
 }
 
 /// The two roles of the chunked kernel in four warps: warps 0–1 ("A") on a named barrier of their
@@ -284,22 +281,12 @@ __global__ void probe_roles(int rounds, unsigned* mismatches) {
 
 template <int Cta>
 int run_roles(const char* name, unsigned* d) {
-  cudaMemset(d, 0, sizeof(unsigned));
-  probe_roles<Cta><<<1, 128>>>(3, d);
-  unsigned h = 0;
-  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
-  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
-  return e == cudaSuccess && h == 0 ? 0 : 1;
+  return report(name, d, [&](unsigned* m) { probe_roles<Cta><<<1, 128>>>(3, m); });
 }
 
 template <int NA, int NS, bool AFirst, int RING>
 int run(const char* name, unsigned* d) {
-  cudaMemset(d, 0, sizeof(unsigned));
-  probe<NA, NS, AFirst, RING><<<2, 32 * (NA + NS)>>>(7, d);
-  unsigned h = 0;
-  const cudaError_t e = cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost);
-  std::printf("probe %-44s %s, values read wrong: %u\n", name, e == cudaSuccess ? "ran" : cudaGetErrorString(e), h);
-  return e == cudaSuccess && h == 0 ? 0 : 1;
+  return report(name, d, [&](unsigned* m) { probe<NA, NS, AFirst, RING><<<2, 32 * (NA + NS)>>>(7, m); });
 }
 
 }  // namespace
