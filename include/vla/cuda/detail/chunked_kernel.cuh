@@ -265,8 +265,9 @@ __device__ __forceinline__ void alpha_hat_rows(float* Ah, const float* kz, int w
 
 /// The chunked kernel's shared memory for head dims (DK, DV), token type In. Two regions, one per
 /// role (each role writes only its own; the S warps copy the A warps' K̂ rows between two
-/// hand-overs), a ring of two α̂ slots between them, then each role's one stage of raw tokens. Float tiles have padded rows (ld ≡ 4 mod 32 keeps the
-/// fragment loads of row-major operands conflict-free).
+/// hand-overs), a ring of two α̂ slots between them, then each role's one stage of raw tokens.
+/// Float tiles have padded rows (ld ≡ 4 mod 32 keeps the fragment loads of row-major operands
+/// conflict-free).
 template <class In, int DK, int DV>
 struct ChunkedLayout {
   static constexpr int C = VLA_CUDA_CHUNKED_C;  ///< tokens per chunk
@@ -732,7 +733,7 @@ __global__ void __launch_bounds__(ChunkedLayout<In, DK, DV>::NT, 1) chunked_vla_
     for (std::int64_t c = 0; c < nchunks; ++c) {
       const int n = ntok(c), slot = static_cast<int>(c % L::kRing);
       const std::int64_t tok = span.first + c * C;
-      float* const Ah = ring + slot * C * LK;
+      const float* const Ah = ring + slot * C * LK;
       cp_async_wait_all();
       VLA_SYNC_S();
       VLA_CHUNKED_SPHASE(0);
