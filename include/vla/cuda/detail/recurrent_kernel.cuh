@@ -80,6 +80,14 @@ struct RecurrentParams {
   int refresh_period = 20;
   int normalize = 1;
   int chunk = 32;  ///< tokens per shared-memory chunk (forward)
+  /// Checkpoints for the backward (vla/cuda/backward.cuh; null: none): the state at tokens 0, L, 2L,
+  /// … < len of every pair, L = ckpt_every (a multiple of chunk), checkpoint c of pair p at
+  /// [p·ckpt_stride + c] of ckA (dk²), ckS (dv·dk), ckz (dk). The forward writes o only when o is set.
+  float* ckA = nullptr;
+  float* ckS = nullptr;
+  float* ckz = nullptr;
+  std::int64_t ckpt_stride = 0;
+  int ckpt_every = 0;
 };
 
 /// The thread layout for head dims (DK, DV) and op. NA A warps own 8 rows of A each (4 lanes per
@@ -655,6 +663,15 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
                 has_init && Op::uses_z ? p.z0 + pair * DK : nullptr, p.inv_lambda0);
   const std::int64_t t0 = (kVla && has_init) ? p.steps0[pair] : 0;
 
+  // Checkpoint c (the state at token c·L) of this pair, for the backward: every role stores its part.
+  const int ck_chunks = p.ckS ? p.ckpt_every / C : 0;
+  auto checkpoint = [&](std::int64_t c, bool a_part, bool s_part) {
+    const std::int64_t at = pair * p.ckpt_stride + c;
+    rc.store_state(a_part && kVla ? p.ckA + at * DK * DK : nullptr, s_part ? p.ckS + at * DV * DK : nullptr,
+                   s_part && Op::uses_z ? p.ckz + at * DK : nullptr);
+  };
+  if (ck_chunks) checkpoint(0, true, true);
+
   // Prepare chunk c (S warps): raw → prepared buffer c % 2; then stage chunk c + 1.
   auto prepare_chunk = [&](std::int64_t c) {
     cp_async_wait_all();
@@ -676,10 +693,11 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
         const int ab = static_cast<int>(it % L::NAL);  // α ring slot of chunk it
         rc.a_scan(prep_view(fs, lay, b), fs + lay.f_al(ab), reinterpret_cast<float4*>(fs + lay.f_part(ab)), fs + lay.f_w(),
                   ntok_of(it), p.stab_eps);
+        if (ck_chunks && (it + 1) % ck_chunks == 0 && it + 1 < nchunks) checkpoint((it + 1) / ck_chunks, true, false);
       }
     } else {
       const std::int64_t cs = it - LAG;  // the chunk the S-scan takes
-      if (cs >= 1)  // outputs of chunk cs − 1, staged in the other buffer
+      if (cs >= 1 && p.o)  // outputs of chunk cs − 1, staged in the other buffer
         write_outputs<In, DV>(p.o, fs + lay.f_o(static_cast<int>((cs - 1) & 1)), bos + (cs - 1) * C, H, h,
                               ntok_of(cs - 1), rc.st, G::NST);
       if (cs >= 0) {
@@ -687,7 +705,15 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
         const int ab = static_cast<int>(cs % L::NAL);
         rc.s_scan(prep_view(fs, lay, b), fs + lay.f_al(ab), reinterpret_cast<const float4*>(fs + lay.f_part(ab)),
                   fs + lay.f_o(b), ntok_of(cs));
+        // S after chunk cs; z is a prefix sum the prepare step runs ahead of the scan, so its part of a
+        // checkpoint is stored below, before chunk it + 1 is prepared (z then holds chunks ≤ it).
+        if (ck_chunks && (cs + 1) % ck_chunks == 0 && cs + 1 < nchunks) {
+          const std::int64_t at = pair * p.ckpt_stride + (cs + 1) / ck_chunks;
+          rc.store_state(nullptr, p.ckS + at * DV * DK, nullptr);
+        }
       }
+      if (ck_chunks && Op::uses_z && (it + 1) % ck_chunks == 0 && it + 1 < nchunks && rc.st < DK)
+        p.ckz[(pair * p.ckpt_stride + (it + 1) / ck_chunks) * DK + rc.st] = rc.zj;
       if (it + 1 < nchunks) {
         named_sync(R::BAR_S, G::NST);  // every S warp is done with the buffer being refilled
         prepare_chunk(it + 1);
@@ -695,7 +721,7 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
     }
     __syncthreads();
   }
-  if (!rc.is_a && nchunks > 0)
+  if (!rc.is_a && nchunks > 0 && p.o)
     write_outputs<In, DV>(p.o, fs + lay.f_o(static_cast<int>((nchunks - 1) & 1)), bos + (nchunks - 1) * C, H, h,
                           ntok_of(nchunks - 1), rc.st, G::NST);
 
