@@ -11,6 +11,7 @@
 // The build's vla::cuda_instances target does exactly this (cmake/VlaCuda.cmake).
 #pragma once
 
+#include "vla/cuda/backward.cuh"
 #include "vla/cuda/decode.cuh"
 #include "vla/cuda/forward.cuh"
 
@@ -25,9 +26,12 @@
   KW ::vla::cuda::Status vla::cuda::forward<Op, In>(const ::vla::ForwardArgs<In, float>&, const ::vla::Config&, \
                                                     cudaStream_t, const ::vla::cuda::Options&);                \
   KW ::vla::cuda::Status vla::cuda::decode_step<Op, In>(const ::vla::cuda::DecodeArgs<In>&, const ::vla::Config&, \
-                                                        cudaStream_t);
+                                                        cudaStream_t);                                          \
+  KW ::vla::cuda::Status vla::cuda::backward<Op, In>(const ::vla::ForwardArgs<In, float>&,                       \
+                                                     const ::vla::GradArgs<In, float>&, const ::vla::Config&,   \
+                                                     cudaStream_t, const ::vla::cuda::BackwardOptions&);
 
-/// Instantiates forward and decode_step (and so every kernel, all head dims) for (Op, In).
+/// Instantiates forward, decode_step and backward (and so every kernel, all head dims) for (Op, In).
 #define VLA_CUDA_DEFINE_INSTANCES(Op, In) VLA_CUDA_INSTANCES_IMPL_(template, Op, In)
 /// Declares them instantiated elsewhere.
 #define VLA_CUDA_EXTERN_INSTANCES_OF(Op, In) VLA_CUDA_INSTANCES_IMPL_(extern template, Op, In)

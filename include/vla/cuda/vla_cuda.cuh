@@ -4,12 +4,14 @@
 //   vla::cuda::Status st = vla::forward<vla::backend::Cuda>(args, cfg, stream);      // VLA
 //   st = vla::forward<vla::backend::Cuda, vla::op::DeltaNet>(args, cfg, stream);     // a baseline
 //   st = vla::cuda::decode_step<vla::op::Vla>(decode_args, cfg, stream);            // T = 1, in place
+//   st = vla::backward<vla::backend::Cuda>(args, grads, cfg, stream);                // gradients (VLA)
 //   vla::cuda::DeviceStates::create(slots, H, dk, dv, cfg, stream, pool);             // a fresh state pool
 //
 // See docs/cuda.md for a runnable example and vla/cuda/README.md for how the kernel works.
 #pragma once
 
 #include "vla/backend/backend.hpp"
+#include "vla/cuda/backward.cuh"
 #include "vla/cuda/decode.cuh"
 #include "vla/cuda/forward.cuh"
 #include "vla/cuda/instances.cuh"
@@ -35,6 +37,12 @@ struct BackendTraits<backend::Cuda> {
   static cuda::Status forward(const ForwardArgs<In, float>& args, const Config& cfg, cudaStream_t stream,
                               const cuda::Options& options) {
     return cuda::forward<Op, In>(args, cfg, stream, options);
+  }
+  /// The backward (vla/cuda/backward.cuh; VLA on the GPU).
+  template <class Op, class In>
+  static cuda::Status backward(const ForwardArgs<In, float>& args, const GradArgs<In, float>& grads, const Config& cfg,
+                               cudaStream_t stream, const cuda::BackwardOptions& options = {}) {
+    return cuda::backward<Op, In>(args, grads, cfg, stream, options);
   }
 };
 

@@ -46,6 +46,15 @@ __device__ __forceinline__ float group_sum(float x) {
   for (int o = W / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
 }
+/// N independent group sums at once, level by level, so that their shuffles overlap in flight
+/// instead of running one dependent chain after another (each sum bitwise as group_sum's).
+template <int W, int N>
+__device__ __forceinline__ void group_sum_n(float (&x)[N]) {
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1)
+#pragma unroll
+    for (int n = 0; n < N; ++n) x[n] += __shfl_xor_sync(0xffffffffu, x[n], o);
+}
 template <int W>
 __device__ __forceinline__ float group_max(float x) {
 #pragma unroll
