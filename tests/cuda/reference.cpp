@@ -58,6 +58,44 @@ Reference cpu_reference(OpId op, const Tokens& t, std::int64_t batch, std::int64
   }
 }
 
+GradReference cpu_backward_reference(const Tokens& t, const std::vector<float>& d_o, std::int64_t batch,
+                                     std::int64_t seq_len, const std::int64_t* cu, std::int64_t heads, std::int64_t dk,
+                                     std::int64_t dv, const vla::Config& cfg, const HostState* init,
+                                     const HostState* d_final) {
+  vla::ForwardArgs<double, double> a;
+  a.batch = batch;
+  a.seq_len = seq_len;
+  a.cu_seqlens = cu;
+  a.heads = heads;
+  a.dk = dk;
+  a.dv = dv;
+  const std::vector<double> q = to_double(t.q), k = to_double(t.k), v = to_double(t.v), u = to_double(t.u),
+                            go = to_double(d_o);
+  std::vector<double> o(t.v.size());
+  a.q = q.data(), a.k = k.data(), a.v = v.data(), a.u = u.data(), a.o = o.data();
+  std::vector<double> A0, S0, z0, dA1, dS1, dz1;
+  if (init) {
+    A0 = to_double(init->A), S0 = to_double(init->S), z0 = to_double(init->z);
+    a.initial_state = {A0.data(), S0.data(), z0.data(), init->steps.data()};
+  }
+  GradReference r;
+  r.dq.resize(t.q.size()), r.dk.resize(t.k.size()), r.dv.resize(t.v.size()), r.du.resize(t.u.size());
+  const std::int64_t count = batch * heads;
+  r.dA.resize(count * dk * dk), r.dS.resize(count * dv * dk), r.dz.resize(count * dk);
+  vla::GradArgs<double, double> g;
+  g.d_o = go.data();
+  if (d_final) {
+    dA1 = to_double(d_final->A), dS1 = to_double(d_final->S), dz1 = to_double(d_final->z);
+    g.d_final_state = {dA1.data(), dS1.data(), dz1.data(), nullptr};
+  }
+  g.d_q = r.dq.data(), g.d_k = r.dk.data(), g.d_v = r.dv.data(), g.d_u = r.du.data();
+  g.d_initial_state = {r.dA.data(), r.dS.data(), r.dz.data(), nullptr};
+  vla::CpuOptions opt;
+  opt.threads = 0;
+  vla::backward<vla::backend::Cpu, vla::op::Vla>(a, g, cfg, opt);
+  return r;
+}
+
 HostState warm_state(OpId op, std::int64_t count, std::int64_t dk, std::int64_t dv, const vla::Config& cfg, int warm,
                      std::uint64_t seed) {
   std::mt19937_64 rng(seed);

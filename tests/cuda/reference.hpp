@@ -41,6 +41,19 @@ Reference cpu_reference(OpId op, const Tokens& t, std::int64_t batch, std::int64
                         std::int64_t heads, std::int64_t dk, std::int64_t dv, const vla::Config& cfg,
                         const HostState* init);
 
+/// The float64 gradients of the CPU backend's VLA backward (vla::backward<backend::Cpu, op::Vla>).
+struct GradReference {
+  std::vector<double> dq, dk, dv, du, dA, dS, dz;
+};
+
+/// The CPU backward in double on the given tokens and output gradient d_o ([tokens, H, dv]), from
+/// `init` (or the fresh state), with `d_final` (float, converted exactly) as the gradient arriving
+/// at the final state, or none.
+GradReference cpu_backward_reference(const Tokens& t, const std::vector<float>& d_o, std::int64_t batch,
+                                     std::int64_t seq_len, const std::int64_t* cu, std::int64_t heads, std::int64_t dk,
+                                     std::int64_t dv, const vla::Config& cfg, const HostState* init,
+                                     const HostState* d_final);
+
 /// A valid, non-trivial state for `count` (sequence, head) entries: `warm` random steps of the op
 /// in double from the fresh state, rounded to float (A kept exactly symmetric).
 HostState warm_state(OpId op, std::int64_t count, std::int64_t dk, std::int64_t dv, const vla::Config& cfg, int warm,
