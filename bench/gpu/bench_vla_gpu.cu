@@ -1,7 +1,7 @@
 // bench/gpu/bench_vla_gpu.cu — GPU timings of the fused recurrent kernels (CUDA events, warm-up,
 // median of repeats; see bench/gpu/RESULTS.md). No Google Benchmark: the GPU machine has none.
 //
-//   vla_gpu_bench [--quick] [--only-decode | --only-forward] [--few-heads] [--keep-pool] [--csv FILE]
+//   vla_gpu_bench [--quick] [--only-decode | --only-forward | --only-backward] [--few-heads] [--keep-pool] [--csv FILE]
 //   --few-heads: only the B = 4, H = 1 forward rows; --keep-pool: the device's default memory pool keeps
 //   freed memory (release threshold = max), as a caching allocator would, for the workspace that
 //   the time split takes with cudaMallocAsync on every call.
@@ -9,7 +9,8 @@
 // Forward: VLA, linear attention and DeltaNet, bf16 tokens, d = 64, at B = 8, H = 16 and at the
 // paper's B = 4, H = 1, T ∈ {1k, 4k, 16k, 64k}. Decode: head-steps/s for B·H ∈ {1k, 16k}, states in
 // HBM (several pools rotated so the working set is well over the L2), against the device-to-device
-// copy bandwidth measured in the same run.
+// copy bandwidth measured in the same run. Backward: the VLA backward (vla/cuda/backward.cuh) beside
+// the recurrent forward of the same shape, timed in the same process.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -196,6 +197,64 @@ void bench_forward(bool quick) {
   }
 }
 
+/// The VLA backward (all four token gradients and the initial state's) beside the recurrent and
+/// the chunked forward at the same shape; checkpoint intervals 64 (default) and 256.
+void bench_backward(bool quick) {
+  const int d = 64;
+  const std::int64_t Ts[] = {1024, 4096, 16384, 65536};
+  const std::int64_t Tmax = quick ? 4096 : 65536;
+  std::printf("\n== backward (VLA), bf16 tokens, float state, d = %d (median ms)\n", d);
+  std::printf("%-3s %-3s %-6s | %-12s | %-12s | %-14s | %-14s | %s\n", "B", "H", "T", "fwd recur.", "fwd chunked",
+              "bwd (ckpt 64)", "bwd (ckpt 256)", "bwd / fwd recurrent");
+  for (const std::pair<int, int>& bh : {std::pair<int, int>{8, 16}, std::pair<int, int>{4, 1}}) {
+    const int B = bh.first, H = bh.second;
+    if (g_few_heads && H != 1) continue;
+    const std::int64_t nk = B * Tmax * H * d;
+    In *q, *k, *v, *u, *o, *dO, *dq, *dk, *dv, *du;
+    for (In** x : {&q, &k, &v, &u, &o, &dO, &dq, &dk, &dv, &du}) CK(cudaMalloc(x, nk * sizeof(In)));
+    float* d0;
+    CK(cudaMalloc(&d0, std::size_t(B) * H * (2 * d * d + d) * sizeof(float)));
+    fill_random(q, nk, 1, 0.05f, 1.05f);
+    fill_random(k, nk, 2, 0.05f, 1.05f);
+    fill_random(v, nk, 3, -1.f, 1.f);
+    fill_random(u, nk, 4, -1.f, 1.f);
+    fill_random(dO, nk, 6, -1.f, 1.f);
+    CK(cudaDeviceSynchronize());
+    for (std::int64_t T : Ts) {
+      if (T > Tmax) continue;
+      vla::ForwardArgs<In, float> a;
+      a.batch = B, a.seq_len = T, a.heads = H, a.dk = d, a.dv = d;
+      a.q = q, a.k = k, a.v = v, a.u = u, a.o = o;
+      vla::GradArgs<In, float> g;
+      g.d_o = dO, g.d_q = dq, g.d_k = dk, g.d_v = dv, g.d_u = du;
+      g.d_initial_state = {d0, d0 + std::size_t(B) * H * d * d, d0 + std::size_t(B) * H * 2 * d * d, nullptr};
+      const float t_f = forward_ms<vla::op::Vla>(a);
+      const float t_c = forward_ms<vla::op::Vla>(a, 0, vla::Path::chunked);
+      float t_b[2];
+      const int cks[] = {64, 256};
+      for (int i = 0; i < 2; ++i) {
+        vla::cuda::BackwardOptions opt;
+        opt.checkpoint = cks[i];
+        auto run = [&] { check(vla::backward<vla::backend::Cuda, vla::op::Vla>(a, g, vla::Config{}, cudaStream_t{}, opt), "backward"); };
+        run();
+        CK(cudaDeviceSynchronize());
+        t_b[i] = time_median(run);
+        if (g_csv)
+          std::fprintf(g_csv, "backward,%s_ckpt%d,%d,%d,%lld,%d,bf16,%.6f,%.1f\n", op_key("vla").c_str(), cks[i], B, H,
+                       (long long)T, d, t_b[i], B * T / (t_b[i] * 1e-3));
+      }
+      if (g_csv)
+        std::fprintf(g_csv, "backward,%s_forward_recurrent,%d,%d,%lld,%d,bf16,%.6f,%.1f\n", op_key("vla").c_str(), B, H,
+                     (long long)T, d, t_f, B * T / (t_f * 1e-3));
+      std::printf("%-3d %-3d %-6lld | %12.3f | %12.3f | %14.3f | %14.3f | %.2f× (best)\n", B, H, (long long)T, t_f, t_c,
+                  t_b[0], t_b[1], std::min(t_b[0], t_b[1]) / t_f);
+      std::fflush(stdout);
+    }
+    for (In* x : {q, k, v, u, o, dO, dq, dk, dv, du}) cudaFree(x);
+    cudaFree(d0);
+  }
+}
+
 float copy_bandwidth_GBps() {
   const std::size_t bytes = std::size_t(2) << 30;
   void *a, *b;
@@ -295,11 +354,12 @@ void bench_decode(float copy_GBps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, do_decode = true, do_forward = true;
+  bool quick = false, do_decode = true, do_forward = true, do_backward = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
-    if (!std::strcmp(argv[i], "--only-decode")) do_forward = false;
-    if (!std::strcmp(argv[i], "--only-forward")) do_decode = false;
+    if (!std::strcmp(argv[i], "--only-decode")) do_forward = do_backward = false;
+    if (!std::strcmp(argv[i], "--only-forward")) do_decode = do_backward = false;
+    if (!std::strcmp(argv[i], "--only-backward")) do_decode = do_forward = false;
     if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) g_csv = std::fopen(argv[++i], "w");
     if (!std::strcmp(argv[i], "--few-heads")) g_few_heads = true;
     if (!std::strcmp(argv[i], "--keep-pool")) {
@@ -326,6 +386,7 @@ int main(int argc, char** argv) {
   if (g_csv) std::fprintf(g_csv, "copy,cudaMemcpyD2D,0,0,0,0,-,0,0,%.1f,1\n", copy);
   if (do_decode) bench_decode(copy);
   if (do_forward) bench_forward(quick);
+  if (do_backward) bench_backward(quick);
   if (g_csv) std::fclose(g_csv);
   return 0;
 }

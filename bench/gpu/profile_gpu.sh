@@ -4,7 +4,8 @@
 # reported with their source lines), on the variant build's forward where there is one, on the
 # baselines and on the decode step (log: $OUT/race.log); then, unless --race-only, the stall
 # profile (Nsight Compute, clocks untouched) of one VLA forward launch (B=8, H=16, T=1024) and one
-# VLA decode launch (B·H = 1024) (log: $OUT/profile.log).
+# VLA decode launch (B·H = 1024) (log: $OUT/profile.log), and the VLA backward phase by phase
+# (vla_backward_phases; $OUT/backward_phases.log).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -48,3 +49,9 @@ for k in recurrent_kernel decode_warp_kernel; do
   echo "== ncu $k: issue rate and the largest stall reasons (warps stalled per issued instruction)"
   sed -n "/== ncu: $k/,\$p" "$log" | grep -E "issue_active|issue_stalled" | awk '{print $NF, $1}' | sort -gr | head -9
 done
+
+# The VLA backward phase by phase (bench/gpu/backward_phases.cu: clock64 per phase, cycles per token).
+if [ -x "$build/bench/gpu/vla_backward_phases" ]; then
+  echo "== backward phases (d = 64 and 128)"
+  for a in "8 16 4096 64" "8 16 2048 128"; do timeout 60 "$build/bench/gpu/vla_backward_phases" $a; done 2>&1 | tee "$out/backward_phases.log"
+fi

@@ -49,8 +49,10 @@ if [ -x "$build/bench/gpu/vla_gpu_bench_v1" ]; then
 fi
 echo "== benches: peers"
 timeout 300 python3 "$root/bench/gpu/peers.py" $quick --csv "$out/peers.csv" 2>&1
+echo "== benches: backward peers"
+(cd "$root/bench/gpu" && timeout 240 python3 peers_backward.py $quick --csv "$out/peers_backward.csv" 2>&1)
 
-python3 "$root/bench/gpu/table.py" "$out/ours.csv" "$out/ours_v1.csv" "$out/peers.csv" | tee "$out/table.md"
+python3 "$root/bench/gpu/table.py" "$out/ours.csv" "$out/ours_v1.csv" "$out/peers.csv" "$out/peers_backward.csv" | tee "$out/table.md"
 echo
 echo "tests: $([ $test_rc = 0 ] && echo PASSED || echo "FAILED (rc $test_rc, see $out/tests.log)")"
 exit $test_rc

@@ -24,11 +24,12 @@ mkdir -p "$out"
 tools=("$@")
 [ ${#tools[@]} = 0 ] && tools=(memcheck racecheck initcheck synccheck)
 
-bins=(test_cuda_vla test_cuda_chunked test_cuda_baselines test_cuda_decode test_cuda_time_split test_cuda_states)
+bins=(test_cuda_vla test_cuda_chunked test_cuda_baselines test_cuda_decode test_cuda_time_split test_cuda_states test_cuda_backward)
 filter() {  # the Catch2 filter per binary: everything but the long cases and the hidden ones
   # (an exclusion-only filter such as "~[long]" alone would also select hidden cases: the soak)
   case $1 in
     test_cuda_vla | test_cuda_chunked | test_cuda_time_split) echo "~[long]~[.]" ;;
+    test_cuda_backward) echo "~[long]" ;;  # no hidden cases; T = 16384 left out
     *) echo "" ;;
   esac
 }
@@ -66,7 +67,7 @@ run_tool() {  # run_tool TOOL BINARY...: the binaries one after another
 t0=$(date +%s)
 for tool in "${tools[@]}"; do  # three queues per tool: twelve processes for the four tools
   run_tool "$tool" test_cuda_vla &
-  run_tool "$tool" test_cuda_chunked test_cuda_time_split &
+  run_tool "$tool" test_cuda_chunked test_cuda_time_split test_cuda_backward &
   run_tool "$tool" test_cuda_baselines test_cuda_decode test_cuda_states &
 done
 probe=$build/bench/gpu/vla_racecheck_probe

@@ -25,25 +25,26 @@ def main(paths):
             ("fla_chunk_gated_delta_rule", "FLA chunk gated DN"),
             ("sdpa_causal_bf16", "SDPA causal")]
     shapes = sorted({k[1:] for k in fwd}, key=lambda s: (-s[0] * s[1], s[2]))
-    print("\n## Forward, bf16 tokens, d = 64: median ms (M tokens/s); ratios are time(peer)/time(ours), > 1 = ours faster")
-    print("| B | H | T | " + " | ".join(c[1] for c in cols) + " | VLA vs FLA fused | DeltaNet vs FLA fused | VLA vs SDPA | VLA µs/step | chunked vs recurrent | chunked vs FLA chunk DN | chunked vs SDPA |")
-    print("|" + "---|" * (3 + len(cols) + 7))
-    for B, H, T in shapes:
-        cells = []
-        for key, _ in cols:
-            ms = fwd.get((key, B, H, T))
-            cells.append("-" if ms is None else f"{ms:.3f} ({B * T / ms / 1e3:.2f})")
+    if shapes:
+        print("\n## Forward, bf16 tokens, d = 64: median ms (M tokens/s); ratios are time(peer)/time(ours), > 1 = ours faster")
+        print("| B | H | T | " + " | ".join(c[1] for c in cols) + " | VLA vs FLA fused | DeltaNet vs FLA fused | VLA vs SDPA | VLA µs/step | chunked vs recurrent | chunked vs FLA chunk DN | chunked vs SDPA |")
+        print("|" + "---|" * (3 + len(cols) + 7))
+        for B, H, T in shapes:
+            cells = []
+            for key, _ in cols:
+                ms = fwd.get((key, B, H, T))
+                cells.append("-" if ms is None else f"{ms:.3f} ({B * T / ms / 1e3:.2f})")
 
-        def ratio(peer, ours):
-            a, b = fwd.get((peer, B, H, T)), fwd.get((ours, B, H, T))
-            return "-" if a is None or b is None else f"{a / b:.2f}×"
+            def ratio(peer, ours):
+                a, b = fwd.get((peer, B, H, T)), fwd.get((ours, B, H, T))
+                return "-" if a is None or b is None else f"{a / b:.2f}×"
 
-        vla = fwd.get(("ours_vla", B, H, T))
-        step = "-" if vla is None else f"{vla * 1e3 / T:.3f}"
-        print(f"| {B} | {H} | {T} | " + " | ".join(cells) + f" | {ratio('fla_fused_recurrent_delta_rule', 'ours_vla')} | "
-              f"{ratio('fla_fused_recurrent_delta_rule', 'ours_deltanet')} | {ratio('sdpa_causal_bf16', 'ours_vla')} | {step} | "
-              f"{ratio('ours_vla', 'ours_vla_chunked')} | {ratio('fla_chunk_delta_rule', 'ours_vla_chunked')} | "
-              f"{ratio('sdpa_causal_bf16', 'ours_vla_chunked')} |")
+            vla = fwd.get(("ours_vla", B, H, T))
+            step = "-" if vla is None else f"{vla * 1e3 / T:.3f}"
+            print(f"| {B} | {H} | {T} | " + " | ".join(cells) + f" | {ratio('fla_fused_recurrent_delta_rule', 'ours_vla')} | "
+                  f"{ratio('fla_fused_recurrent_delta_rule', 'ours_deltanet')} | {ratio('sdpa_causal_bf16', 'ours_vla')} | {step} | "
+                  f"{ratio('ours_vla', 'ours_vla_chunked')} | {ratio('fla_chunk_delta_rule', 'ours_vla_chunked')} | "
+                  f"{ratio('sdpa_causal_bf16', 'ours_vla_chunked')} |")
     split = sorted({k[1:] for k in fwd if k[0].startswith("ours_vla_split")}, key=lambda s: (s[0] * s[1], s[2]))
     if split:
         print("\n## Time split (docs/maths.md §4b): VLA with each sequence cut into R spans; median ms, best R")
@@ -69,6 +70,24 @@ def main(paths):
                 base = fwd.get((key.split("@")[0], B, H, T))
                 if base:
                     print(f"| {key.split('@')[0].replace('ours_', '')} | {B} | {H} | {T} | {base:.3f} | {ms:.3f} | {base / ms:.2f}× |")
+    bwd = {(r[1], int(r[2]), int(r[3]), int(r[4])): float(r[7]) for r in rows if r[0] == "backward"}
+    if bwd:
+        print("\n## Backward, bf16 tokens, d = 64: median ms; FLA's backward = its forward + backward − its forward (DeltaNet)")
+        print("| B | H | T | VLA fwd recurrent | VLA bwd (ckpt 64) | VLA bwd (ckpt 256) | bwd / fwd | FLA fused_rec DN bwd | FLA chunk DN bwd | VLA bwd vs FLA fused_rec DN bwd |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for B, H, T in sorted({k[1:] for k in bwd}, key=lambda s: (-s[0] * s[1], s[2])):
+            def g(key):
+                return bwd.get((key, B, H, T))
+
+            def f(x):
+                return "-" if x is None else f"{x:.3f}"
+
+            fw, b64, b256 = g("ours_vla_forward_recurrent"), g("ours_vla_ckpt64"), g("ours_vla_ckpt256")
+            best = min([x for x in (b64, b256) if x is not None], default=None)
+            fr, ch = g("fla_fused_recurrent_delta_rule_bwd"), g("fla_chunk_delta_rule_bwd")
+            print(f"| {B} | {H} | {T} | {f(fw)} | {f(b64)} | {f(b256)} | "
+                  f"{'-' if best is None or fw is None else f'{best / fw:.2f}×'} | {f(fr)} | {f(ch)} | "
+                  f"{'-' if best is None or fr is None else f'{fr / best:.2f}×'} |")
     dec = [r for r in rows if r[0] == "decode"]
     copy = [r for r in rows if r[0] == "copy"]
     if dec:
