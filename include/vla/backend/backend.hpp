@@ -96,8 +96,10 @@ decltype(auto) forward(const ForwardArgs<In, St>& args, const Config& cfg, Conte
 /// arguments (the same buffers; o is not read) and the gradient of the loss with respect to its
 /// outputs (and, optionally, its final state), writes the gradients with respect to its inputs and
 /// initial state. Built for backend::Cpu and every op — VLA, linear attention, DeltaNet (vla/backward.hpp,
-/// docs/maths.md §9b) — not yet for backend::Cuda; the trailing arguments are the backend's context
-/// (Cpu: an optional CpuOptions, whose `chunk` is the checkpoint interval).
+/// docs/maths.md §9b) — and for backend::Cuda and VLA (vla/cuda/backward.cuh, §9c; the baselines there
+/// return an error Status). The trailing arguments are the backend's context (Cpu: an optional
+/// CpuOptions, whose `chunk` is the checkpoint interval; Cuda: the stream and an optional
+/// cuda::BackwardOptions).
 template <class Backend, class Op = op::Vla, class In, class St, class... Context>
 decltype(auto) backward(const ForwardArgs<In, St>& args, const GradArgs<In, St>& grads, const Config& cfg,
                         Context&&... ctx) {

@@ -1,4 +1,4 @@
-// vla/cuda/backward.cuh — the batched VLA backward on the GPU (docs/maths.md §9): host-side checks,
+// vla/cuda/backward.cuh — the batched VLA backward on the GPU (docs/maths.md §9, §9c): host-side checks,
 // then two launches on `stream`.
 //
 //   vla::cuda::Status st = vla::cuda::backward<vla::op::Vla>(args, grads, cfg, stream);

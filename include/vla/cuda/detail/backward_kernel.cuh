@@ -1,5 +1,6 @@
-// vla/cuda/detail/backward_kernel.cuh — the recurrent VLA backward on the GPU (docs/maths.md §9):
-// one CTA per (sequence, head), walking the sequence's checkpoint segments from the last.
+// vla/cuda/detail/backward_kernel.cuh — the recurrent VLA backward on the GPU (docs/maths.md §9, the
+// GPU scheme §9c; design and measurements: vla/cuda/README.md "The backward"): one CTA per (sequence,
+// head), walking the sequence's checkpoint segments from the last.
 //
 // Per segment b (tokens [bL, bL + n), n ≤ L), from the forward's checkpoint b (recurrent_kernel
 // writes them, RecurrentParams::ckA …):
