@@ -11,9 +11,9 @@ namespace {
 
 std::vector<double> to_double(const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); }
 
-template <class Op>
-Reference run(const Tokens& t, std::int64_t batch, std::int64_t seq_len, const std::int64_t* cu, std::int64_t heads,
-              std::int64_t dk, std::int64_t dv, const vla::Config& cfg, const HostState* init) {
+/// A reference call's extents (the tokens' own layout); pointers are set by the caller.
+vla::ForwardArgs<double, double> extents(std::int64_t batch, std::int64_t seq_len, const std::int64_t* cu,
+                                         std::int64_t heads, std::int64_t dk, std::int64_t dv) {
   vla::ForwardArgs<double, double> a;
   a.batch = batch;
   a.seq_len = seq_len;
@@ -21,6 +21,13 @@ Reference run(const Tokens& t, std::int64_t batch, std::int64_t seq_len, const s
   a.heads = heads;
   a.dk = dk;
   a.dv = dv;
+  return a;
+}
+
+template <class Op>
+Reference run(const Tokens& t, std::int64_t batch, std::int64_t seq_len, const std::int64_t* cu, std::int64_t heads,
+              std::int64_t dk, std::int64_t dv, const vla::Config& cfg, const HostState* init) {
+  vla::ForwardArgs<double, double> a = extents(batch, seq_len, cu, heads, dk, dv);
   const std::vector<double> q = to_double(t.q), k = to_double(t.k), v = to_double(t.v), u = to_double(t.u),
                             beta = to_double(t.beta);
   a.q = q.data(), a.k = k.data(), a.v = v.data(), a.u = u.data(), a.beta = beta.data();
@@ -62,13 +69,7 @@ GradReference cpu_backward_reference(const Tokens& t, const std::vector<float>& 
                                      std::int64_t seq_len, const std::int64_t* cu, std::int64_t heads, std::int64_t dk,
                                      std::int64_t dv, const vla::Config& cfg, const HostState* init,
                                      const HostState* d_final) {
-  vla::ForwardArgs<double, double> a;
-  a.batch = batch;
-  a.seq_len = seq_len;
-  a.cu_seqlens = cu;
-  a.heads = heads;
-  a.dk = dk;
-  a.dv = dv;
+  vla::ForwardArgs<double, double> a = extents(batch, seq_len, cu, heads, dk, dv);
   const std::vector<double> q = to_double(t.q), k = to_double(t.k), v = to_double(t.v), u = to_double(t.u),
                             go = to_double(d_o);
   std::vector<double> o(t.v.size());

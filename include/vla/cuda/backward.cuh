@@ -137,26 +137,12 @@ Status backward(const ForwardArgs<In, float>& a, const GradArgs<In, float>& g, c
     if (!detail::aligned16(a.initial_state.A) || !detail::aligned16(a.initial_state.S))
       return Status::invalid("vla::backward<vla>: the initial state's A and S must be 16-byte aligned");
 
-    std::int64_t longest = a.seq_len;
-    if (a.varlen()) {
-      std::vector<std::int64_t> copy;
-      const std::int64_t* cu = opt.host_cu_seqlens;
-      if (!cu) {
-        copy.resize(static_cast<std::size_t>(a.batch + 1));
-        cudaError_t e = cudaMemcpyAsync(copy.data(), a.cu_seqlens, copy.size() * sizeof(std::int64_t),
-                                        cudaMemcpyDeviceToHost, stream);
-        if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-        if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: reading cu_seqlens back");
-        cu = copy.data();
-      }
-      try {
-        vla::detail::check_cu_seqlens(cu, a.batch);
-      } catch (const std::exception& ex) {
-        return Status::invalid(ex.what());
-      }
-      longest = 0;
-      for (std::int64_t i = 0; i < a.batch; ++i) longest = std::max(longest, cu[i + 1] - cu[i]);
+    std::int64_t tokens = 0, longest = 0;
+    {
+      const Status ext = detail::token_extents(a, opt.host_cu_seqlens, stream, tokens, longest);
+      if (!ext) return ext;
     }
+    (void)tokens;  // the workspace needs the longest sequence only
     const std::int64_t blocks = a.batch * a.heads;
     if (blocks == 0) return {};
     if (blocks > 0x7fffffffLL) return Status::invalid("vla::cuda: batch × heads exceeds the grid limit (2^31 − 1)");

@@ -328,6 +328,34 @@ inline std::int64_t pow2_at_least(std::int64_t x) {
   return c;
 }
 
+/// The token count and the longest sequence of a launch: B·T, or from cu_seqlens, read from
+/// `host_copy` when the caller gave one and otherwise copied back from the device (one wait for
+/// `stream`), then checked on the host (vla::detail::check_cu_seqlens). Shared by forward and backward.
+template <class In, class St>
+Status token_extents(const ForwardArgs<In, St>& a, const std::int64_t* host_copy, cudaStream_t stream,
+                     std::int64_t& tokens, std::int64_t& longest) {
+  tokens = a.batch * a.seq_len, longest = a.seq_len;
+  if (!a.varlen()) return {};
+  std::vector<std::int64_t> copy;
+  const std::int64_t* cu = host_copy;
+  if (!cu) {
+    copy.resize(static_cast<std::size_t>(a.batch + 1));
+    cudaError_t e = cudaMemcpyAsync(copy.data(), a.cu_seqlens, copy.size() * sizeof(std::int64_t),
+                                    cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+    if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: reading cu_seqlens back");
+    cu = copy.data();
+  }
+  try {
+    tokens = vla::detail::check_cu_seqlens(cu, a.batch);
+  } catch (const std::exception& ex) {
+    return Status::invalid(ex.what());
+  }
+  longest = 0;
+  for (std::int64_t i = 0; i < a.batch; ++i) longest = std::max(longest, cu[i + 1] - cu[i]);
+  return {};
+}
+
 }  // namespace detail
 
 namespace detail {
@@ -365,25 +393,10 @@ Status forward(const ForwardArgs<In, float>& a, const Config& cfg, cudaStream_t 
     return Status::invalid(std::string(Op::name) + ": q, k, v, u, o and the state buffers A, S must be 16-byte aligned");
 
   // Token count and the longest sequence: from cu_seqlens (checked on the host) or B·T.
-  std::int64_t tokens = a.batch * a.seq_len, longest = a.seq_len;
-  if (a.varlen()) {
-    std::vector<std::int64_t> copy;
-    const std::int64_t* cu = opt.host_cu_seqlens;
-    if (!cu) {
-      copy.resize(static_cast<std::size_t>(a.batch + 1));
-      cudaError_t e = cudaMemcpyAsync(copy.data(), a.cu_seqlens, copy.size() * sizeof(std::int64_t),
-                                      cudaMemcpyDeviceToHost, stream);
-      if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-      if (e != cudaSuccess) return Status::from_cuda(e, "vla::cuda: reading cu_seqlens back");
-      cu = copy.data();
-    }
-    try {
-      tokens = vla::detail::check_cu_seqlens(cu, a.batch);
-    } catch (const std::exception& ex) {
-      return Status::invalid(ex.what());
-    }
-    longest = 0;
-    for (std::int64_t i = 0; i < a.batch; ++i) longest = std::max(longest, cu[i + 1] - cu[i]);
+  std::int64_t tokens = 0, longest = 0;
+  {
+    const Status ext = detail::token_extents(a, opt.host_cu_seqlens, stream, tokens, longest);
+    if (!ext) return ext;
   }
   if (a.batch == 0) return {};
 
