@@ -80,13 +80,13 @@ Status launch_backward(BackwardParams<In> bp, std::int64_t blocks, std::int64_t 
   fp.ckpt_stride = nck;
   fp.ckpt_every = L;
   fp.chunk = static_cast<int>(std::min<std::int64_t>(default_chunk<op::Vla>(DK, DV), pow2_at_least(std::max<std::int64_t>(longest, 1))));
-  st = launch_recurrent<op::Vla, In, DK, DV>(fp, blocks, stream);
+  st = launch_recurrent<op::Vla, In, DK, DV, /*CKPT=*/true>(fp, blocks, stream);
   // (2) the reverse sweep
   if (st) {
     bp.ckA = ckA, bp.ckS = ckS, bp.ckz = ckz;
     bp.ckpt_stride = nck;
     auto kernel = &vla_backward_kernel<In, DK, DV>;
-    st = prepare_kernel<KernelTag<op::Vla, In, DK, DV, 5>>(kernel, Lo::NT, Lo::bytes);
+    st = prepare_kernel<KernelTag<op::Vla, In, DK, DV, 8>>(kernel, Lo::NT, Lo::bytes);
     if (st) {
       kernel<<<static_cast<unsigned>(blocks), Lo::NT, Lo::bytes, stream>>>(bp);
       st = Status::from_cuda(cudaGetLastError(), "vla::cuda: backward kernel launch");

@@ -181,8 +181,9 @@ Status prepare_kernel(Kernel kernel, int threads, std::size_t smem, int* per_sm 
 }
 
 /// Launches the forward kernel for op Op on (DK, DV): one CTA per (sequence, head). p.chunk must
-/// be set; it is lowered while the shared memory it needs exceeds the device's opt-in limit.
-template <class Op, class In, int DK, int DV>
+/// be set; it is lowered while the shared memory it needs exceeds the device's opt-in limit. CKPT: the
+/// kernel instance that can write the backward's checkpoints (recurrent_kernel).
+template <class Op, class In, int DK, int DV, bool CKPT = false>
 Status launch_recurrent(RecurrentParams<In> p, std::int64_t blocks, cudaStream_t stream) {
   if (blocks == 0) return {};
   if (blocks > 0x7fffffffLL) return Status::invalid("vla::cuda: batch × heads exceeds the grid limit (2^31 − 1)");
@@ -211,8 +212,8 @@ Status launch_recurrent(RecurrentParams<In> p, std::int64_t blocks, cudaStream_t
   const std::size_t smem = Lay(p.chunk).bytes();
   if (smem > static_cast<std::size_t>(dev.optin_smem))
     return Status::invalid("vla::cuda: the kernel needs more shared memory than this device offers");
-  auto kernel = &recurrent_kernel<Op, In, DK, DV>;
-  st = prepare_kernel<KernelTag<Op, In, DK, DV, 0>>(kernel, G::NT, smem);
+  auto kernel = &recurrent_kernel<Op, In, DK, DV, CKPT>;
+  st = prepare_kernel<KernelTag<Op, In, DK, DV, CKPT ? 9 : 0>>(kernel, G::NT, smem);
   if (!st) return st;
   kernel<<<static_cast<unsigned>(blocks), G::NT, smem, stream>>>(p);
   return Status::from_cuda(cudaGetLastError(), "vla::cuda: kernel launch");

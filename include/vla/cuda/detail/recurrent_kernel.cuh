@@ -628,8 +628,11 @@ __device__ __forceinline__ void write_outputs(In* o, const float* staged, std::i
   }
 }
 
-/// The forward: one CTA per (sequence, head), the whole sequence in one launch.
-template <class Op, class In, int DK, int DV>
+/// The forward: one CTA per (sequence, head), the whole sequence in one launch. CKPT: the backward's
+/// instance (vla/cuda/backward.cuh), which may write checkpoints and no output (RecurrentParams::ckA …,
+/// o = null); a compile-time switch so that the plain forward compiles as it did without them (the
+/// hooks cost registers: at dk = 128 they raised its spills).
+template <class Op, class In, int DK, int DV, bool CKPT = false>
 __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kernel(const RecurrentParams<In> p) {
   using G = GeometryOf<Op, DK, DV>;
   using L = SmemLayout<Op, In, DK, DV>;
@@ -664,13 +667,15 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
   const std::int64_t t0 = (kVla && has_init) ? p.steps0[pair] : 0;
 
   // Checkpoint c (the state at token c·L) of this pair, for the backward: every role stores its part.
-  const int ck_chunks = p.ckS ? p.ckpt_every / C : 0;
+  const bool ck_on = CKPT && p.ckS;
+  const int ck_chunks = ck_on ? p.ckpt_every / C : 1;  // chunks per checkpoint (1 when off: no % 0)
+  const bool write_o = !CKPT || p.o != nullptr;
   auto checkpoint = [&](std::int64_t c, bool a_part, bool s_part) {
     const std::int64_t at = pair * p.ckpt_stride + c;
     rc.store_state(a_part && kVla ? p.ckA + at * DK * DK : nullptr, s_part ? p.ckS + at * DV * DK : nullptr,
                    s_part && Op::uses_z ? p.ckz + at * DK : nullptr);
   };
-  if (ck_chunks) checkpoint(0, true, true);
+  if (ck_on) checkpoint(0, true, true);
 
   // Prepare chunk c (S warps): raw → prepared buffer c % 2; then stage chunk c + 1.
   auto prepare_chunk = [&](std::int64_t c) {
@@ -693,11 +698,11 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
         const int ab = static_cast<int>(it % L::NAL);  // α ring slot of chunk it
         rc.a_scan(prep_view(fs, lay, b), fs + lay.f_al(ab), reinterpret_cast<float4*>(fs + lay.f_part(ab)), fs + lay.f_w(),
                   ntok_of(it), p.stab_eps);
-        if (ck_chunks && (it + 1) % ck_chunks == 0 && it + 1 < nchunks) checkpoint((it + 1) / ck_chunks, true, false);
+        if (ck_on && (it + 1) % ck_chunks == 0 && it + 1 < nchunks) checkpoint((it + 1) / ck_chunks, true, false);
       }
     } else {
       const std::int64_t cs = it - LAG;  // the chunk the S-scan takes
-      if (cs >= 1 && p.o)  // outputs of chunk cs − 1, staged in the other buffer
+      if (cs >= 1 && write_o)  // outputs of chunk cs − 1, staged in the other buffer
         write_outputs<In, DV>(p.o, fs + lay.f_o(static_cast<int>((cs - 1) & 1)), bos + (cs - 1) * C, H, h,
                               ntok_of(cs - 1), rc.st, G::NST);
       if (cs >= 0) {
@@ -707,12 +712,12 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
                   fs + lay.f_o(b), ntok_of(cs));
         // S after chunk cs; z is a prefix sum the prepare step runs ahead of the scan, so its part of a
         // checkpoint is stored below, before chunk it + 1 is prepared (z then holds chunks ≤ it).
-        if (ck_chunks && (cs + 1) % ck_chunks == 0 && cs + 1 < nchunks) {
+        if (ck_on && (cs + 1) % ck_chunks == 0 && cs + 1 < nchunks) {
           const std::int64_t at = pair * p.ckpt_stride + (cs + 1) / ck_chunks;
           rc.store_state(nullptr, p.ckS + at * DV * DK, nullptr);
         }
       }
-      if (ck_chunks && Op::uses_z && (it + 1) % ck_chunks == 0 && it + 1 < nchunks && rc.st < DK)
+      if (ck_on && Op::uses_z && (it + 1) % ck_chunks == 0 && it + 1 < nchunks && rc.st < DK)
         p.ckz[(pair * p.ckpt_stride + (it + 1) / ck_chunks) * DK + rc.st] = rc.zj;
       if (it + 1 < nchunks) {
         named_sync(R::BAR_S, G::NST);  // every S warp is done with the buffer being refilled
@@ -721,7 +726,7 @@ __global__ void __launch_bounds__(GeometryOf<Op, DK, DV>::NT, 1) recurrent_kerne
     }
     __syncthreads();
   }
-  if (!rc.is_a && nchunks > 0 && p.o)
+  if (!rc.is_a && nchunks > 0 && write_o)
     write_outputs<In, DV>(p.o, fs + lay.f_o(static_cast<int>((nchunks - 1) & 1)), bos + (nchunks - 1) * C, H, h,
                           ntok_of(nchunks - 1), rc.st, G::NST);
 
