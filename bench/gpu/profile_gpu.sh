@@ -55,3 +55,7 @@ if [ -x "$build/bench/gpu/vla_backward_phases" ]; then
   echo "== backward phases (d = 64 and 128)"
   for a in "8 16 4096 64" "8 16 2048 128"; do timeout 60 "$build/bench/gpu/vla_backward_phases" $a; done 2>&1 | tee "$out/backward_phases.log"
 fi
+if [ -x "$build/bench/gpu/vla_backward_phases_v1" ]; then
+  echo "== backward phases, variant knobs (VLA_GPU_VARIANT_DEFS)"
+  for a in "8 16 4096 64" "8 16 2048 128"; do timeout 60 "$build/bench/gpu/vla_backward_phases_v1" $a; done 2>&1 | tee "$out/backward_phases_v1.log"
+fi

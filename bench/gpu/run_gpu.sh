@@ -5,7 +5,8 @@
 # flash-linear-attention as wheels in .whl/ (see bench/gpu/RESULTS.md for how they are fetched).
 #
 #   bash bench/gpu/run_gpu.sh [--quick]        logs and CSVs go to $OUT (default: build-gpu/out)
-#   VLA_GPU_VARIANTS=ON also builds, tests and times the variant kernels (cmake/VlaCuda.cmake);
+#   VLA_GPU_VARIANTS=ON also builds, tests and times the variant kernels (cmake/VlaCuda.cmake), with
+#   VLA_GPU_VARIANT_DEFS="A=1;B=1" as their knobs if set (e.g. the backward's, vla/cuda/README.md);
 #   VLA_CTEST_EXCLUDE=regex leaves matching tests out (e.g. _v1$: build and time the variant only).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,6 +30,7 @@ echo "== configure + build (sm_90)"
 t0=$(date +%s)
 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DVLA_ENABLE_CUDA=ON -DVLA_BUILD_CUDA_TESTS=ON -DVLA_BUILD_GPU_BENCH=ON -DVLA_GPU_VARIANTS=${VLA_GPU_VARIANTS:-OFF} \
+  ${VLA_GPU_VARIANT_DEFS:+"-DVLA_GPU_VARIANT_DEFS=$VLA_GPU_VARIANT_DEFS"} \
   -DVLA_BUILD_TESTS=OFF -DVLA_BUILD_BENCH=OFF -DVLA_BUILD_EXAMPLES=OFF -DVLA_BUILD_EXPERIMENTS=OFF \
   "${prefix_args[@]}" >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 cmake --build "$build" -j"$(nproc)" >>"$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }

@@ -88,6 +88,16 @@ def main(paths):
             print(f"| {B} | {H} | {T} | {f(fw)} | {f(b64)} | {f(b256)} | "
                   f"{'-' if best is None or fw is None else f'{best / fw:.2f}×'} | {f(fr)} | {f(ch)} | "
                   f"{'-' if best is None or fr is None else f'{fr / best:.2f}×'} |")
+    for tag in sorted({k[0].split("@", 1)[1].split("_ckpt")[0] for k in bwd if "@" in k[0]}):
+        print(f"\n## Backward, variant '{tag}' vs default (same run): median ms, best checkpoint, ratio default/variant (> 1 = variant faster)")
+        print("| B | H | T | default | variant | ratio |")
+        print("|---|---|---|---|---|---|")
+        for B, H, T in sorted({k[1:] for k in bwd}, key=lambda s: (-s[0] * s[1], s[2])):
+            d = [bwd.get((f"ours_vla_ckpt{c}", B, H, T)) for c in (64, 256)]
+            v = [bwd.get((f"ours_vla@{tag}_ckpt{c}", B, H, T)) for c in (64, 256)]
+            d, v = [x for x in d if x], [x for x in v if x]
+            if d and v:
+                print(f"| {B} | {H} | {T} | {min(d):.3f} | {min(v):.3f} | {min(d) / min(v):.2f}× |")
     dec = [r for r in rows if r[0] == "decode"]
     copy = [r for r in rows if r[0] == "copy"]
     if dec:

@@ -36,6 +36,18 @@
 #include "vla/cuda/detail/device_util.cuh"
 #include "vla/cuda/detail/recurrent_kernel.cuh"
 
+// Tuning knobs (compile time; 0 = the kernel measured in bench/gpu/RESULTS.md, "Backward"). Each is a
+// step of the plan in vla/cuda/README.md ("The backward", what next), to be tested and timed beside
+// the default: cmake -DVLA_GPU_VARIANTS=ON -DVLA_GPU_VARIANT_DEFS="VLA_CUDA_BACKWARD_REG_S=1;…".
+//   VLA_CUDA_BACKWARD_REG_S     1: S and S̄ in registers at 256 threads (dk, dv ≤ 64), not in shared memory
+//   VLA_CUDA_BACKWARD_QA_IN_V1  1: α̂ᵀq̃ reduced in the reverse's V1 beside gᵀS₂q̃, off the replay's chain
+#ifndef VLA_CUDA_BACKWARD_REG_S
+#define VLA_CUDA_BACKWARD_REG_S 0
+#endif
+#ifndef VLA_CUDA_BACKWARD_QA_IN_V1
+#define VLA_CUDA_BACKWARD_QA_IN_V1 0
+#endif
+
 namespace vla {
 namespace cuda {
 namespace detail {
@@ -121,6 +133,10 @@ struct BackwardLayout {
   // every branch (a slot without a row reduces zeros).
   static_assert(DV % NSLOT == 0 && (DK % NSLOT == 0 || DK < NSLOT), "vla: head dims and rows in flight");
   static constexpr bool ALL_A = DK % NSLOT == 0;
+  // VLA_CUDA_BACKWARD_REG_S: every pass touches a thread's same entries of S and S̄ (rows slot +
+  // NSLOT·r, columns j0 … j0 + 3; 16 of each at 256 threads), so they can live in registers with
+  // no exchange. At 512 threads (128 registers at most) they would spill: shared memory there.
+  static constexpr bool REG_S = VLA_CUDA_BACKWARD_REG_S && NT == 256;
 };
 
 /// A[i][j] of the symmetric A kept in M's upper triangle; Ḡ[i][j] of the symmetric Ḡ in its strict
@@ -159,6 +175,7 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
   const int j0 = 4 * (lane % LPR);
   const bool row_lead = lane % LPR == 0;
   const bool row_a = Lo::ALL_A || slot < DK;  // this slot has rows of A (RA = 1 where it may not)
+  float4 sreg[Lo::REG_S ? Lo::RS : 1], gsreg[Lo::REG_S ? Lo::RS : 1];  // S, S̄ rows (REG_S only)
 
   const std::int64_t H = p.heads, pair = blockIdx.x, h = pair % H;
   const TokenSpan span = token_span(p.cu_seqlens, p.seq_len, pair / H);
@@ -184,7 +201,15 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
     }
     if (i == j) gd[i] = g; else M[i * P + j] = g;
   }
-  for (int idx = tid; idx < DV * DK; idx += Lo::NT) gS[idx] = bp.dS1 ? bp.dS1[pair * DV * DK + idx] : 0.f;
+  if constexpr (Lo::REG_S) {
+#pragma unroll
+    for (int r = 0; r < Lo::RS; ++r) {  // scalar loads: d_final_state.S need not be 16-byte aligned
+      const float* d = bp.dS1 ? bp.dS1 + pair * DV * DK + (slot + NSLOT * r) * DK + j0 : nullptr;
+      gsreg[r] = d ? make_float4(d[0], d[1], d[2], d[3]) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  } else {
+    for (int idx = tid; idx < DV * DK; idx += Lo::NT) gS[idx] = bp.dS1 ? bp.dS1[pair * DV * DK + idx] : 0.f;
+  }
 #pragma unroll
   for (int x = 0; x < KPL; ++x) gz[x] = bp.dz1 ? bp.dz1[pair * DK + lane + 32 * x] : 0.f;
 
@@ -216,11 +241,16 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
             if (j >= i) M[i * P + j] = ta[c];
           }
         }
-        float4 ts[NS];
+        if constexpr (Lo::REG_S) {
 #pragma unroll
-        for (int c = 0; c < NS; ++c) ts[c] = ld4(cS + 4 * (tid + c * Lo::NT));
+          for (int r = 0; r < Lo::RS; ++r) sreg[r] = ld4(cS + (slot + NSLOT * r) * DK + j0);
+        } else {
+          float4 ts[NS];
 #pragma unroll
-        for (int c = 0; c < NS; ++c) st4(S + 4 * (tid + c * Lo::NT), ts[c]);
+          for (int c = 0; c < NS; ++c) ts[c] = ld4(cS + 4 * (tid + c * Lo::NT));
+#pragma unroll
+          for (int c = 0; c < NS; ++c) st4(S + 4 * (tid + c * Lo::NT), ts[c]);
+        }
       }
       // A warp per token, two tokens at a time so that their global loads overlap (one at 512
       // threads, where registers are scarce).
@@ -315,7 +345,10 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
         }
 #pragma unroll
         for (int r = 0; r < Lo::RS; ++r)
-          red[2 * Lo::RA + r] = dot4(ld4(S + (slot + NSLOT * r) * DK + j0), ld4(rb + Lo::R_KH + j0), 0.f);
+          if constexpr (Lo::REG_S)
+            red[2 * Lo::RA + r] = dot4(sreg[r], ld4(rb + Lo::R_KH + j0), 0.f);
+          else
+            red[2 * Lo::RA + r] = dot4(ld4(S + (slot + NSLOT * r) * DK + j0), ld4(rb + Lo::R_KH + j0), 0.f);
         group_sum_n<LPR>(red);
         if (row_lead) {
 #pragma unroll
@@ -363,7 +396,9 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
           rb[Lo::R_S + j] = s[x], rb[Lo::R_AH + j] = ah;
           qa = fmaf(ah, qs[x], qa);
         }
-        qa = group_sum<32>(qa);
+#if !VLA_CUDA_BACKWARD_QA_IN_V1
+        qa = group_sum<32>(qa);  // (with QA_IN_V1 the record's kQa is left unread)
+#endif
         if (lane == 0) {
           float* sc = rb + Lo::R_SC;
           sc[Lo::kAf] = af, sc[Lo::kDel] = del, sc[Lo::kClamp] = (uf != 0.f && !(dtil > p.stab_eps)) ? 1.f : 0.f;
@@ -395,9 +430,14 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
           for (int r = 0; r < Lo::RS; ++r) {
             const int i = slot + NSLOT * r;
             const float e = rb[Lo::R_VE + i];
-            float4 s4 = ld4(S + i * DK + j0);
-            s4.x = fmaf(e, ah.x, s4.x), s4.y = fmaf(e, ah.y, s4.y), s4.z = fmaf(e, ah.z, s4.z), s4.w = fmaf(e, ah.w, s4.w);
-            st4(S + i * DK + j0, s4);
+            if constexpr (Lo::REG_S) {
+              float4& s4 = sreg[r];
+              s4.x = fmaf(e, ah.x, s4.x), s4.y = fmaf(e, ah.y, s4.y), s4.z = fmaf(e, ah.z, s4.z), s4.w = fmaf(e, ah.w, s4.w);
+            } else {
+              float4 s4 = ld4(S + i * DK + j0);
+              s4.x = fmaf(e, ah.x, s4.x), s4.y = fmaf(e, ah.y, s4.y), s4.z = fmaf(e, ah.z, s4.z), s4.w = fmaf(e, ah.w, s4.w);
+              st4(S + i * DK + j0, s4);
+            }
           }
         }
         float* rg = recg + std::int64_t(tau) * REC;  // the completed record back to global memory
@@ -435,7 +475,9 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
 #pragma unroll
         for (int r = 0; r < Lo::RS; ++r) {
           const int i = slot + NSLOT * r;
-          const float4 s4 = ld4(S + i * DK + j0), g4 = ld4(gS + i * DK + j0);
+          float4 s4, g4;
+          if constexpr (Lo::REG_S) s4 = sreg[r], g4 = gsreg[r];
+          else s4 = ld4(S + i * DK + j0), g4 = ld4(gS + i * DK + j0);
           red[2 * r] = dot4(s4, qs, 0.f), red[2 * r + 1] = dot4(g4, ah, 0.f);
           const float go = rb[Lo::R_GO + i], e = rb[Lo::R_VE + i];
           cb[0] = fmaf(s4.x, go, cb[0]), cb[1] = fmaf(s4.y, go, cb[1]), cb[2] = fmaf(s4.z, go, cb[2]), cb[3] = fmaf(s4.w, go, cb[3]);
@@ -496,6 +538,18 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
           den = floored ? eps_m : zq;
         }
         const float rden = 1.f / den, rm = 1.f / m;
+#if VLA_CUDA_BACKWARD_QA_IN_V1
+        float two[2] = {0.f, 0.f};  // gᵀ(S₂q̃) and α̂ᵀq̃, reduced together
+#pragma unroll
+        for (int x = 0; x < VPL; ++x) {
+          sm[Lo::O_GP + lane + 32 * x] = go[x] * rden;
+          two[0] = fmaf(go[x], sq[x], two[0]);
+        }
+#pragma unroll
+        for (int x = 0; x < KPL; ++x) two[1] = fmaf(ahv[x], qs[x], two[1]);
+        group_sum_n<32>(two);
+        const float gsq = two[0], qa_v1 = two[1];
+#else
         float gsq = 0.f;
 #pragma unroll
         for (int x = 0; x < VPL; ++x) {
@@ -503,6 +557,7 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
           gsq = fmaf(go[x], sq[x], gsq);
         }
         gsq = group_sum<32>(gsq);
+#endif
         const float gden = (p.normalize && !floored) ? -(gsq * rden) * rden : 0.f;
         float gah[KPL], dqv[KPL], ga = 0.f;
         const float goe = sc[Lo::kGoE] * rden;
@@ -516,7 +571,11 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
           ga = fmaf(ahv[x], gah[x], ga);
         }
         ga = group_sum<32>(ga);
+#if VLA_CUDA_BACKWARD_QA_IN_V1
+        const float af = sc[Lo::kAf], qa = qa_v1;
+#else
         const float af = sc[Lo::kAf], qa = sc[Lo::kQa];
+#endif
 #pragma unroll
         for (int x = 0; x < KPL; ++x) sm[Lo::O_GALPHA + lane + 32 * x] = wrote ? af * (gah[x] - ahv[x] * ga) : 0.f;
         float gev[VPL];
@@ -555,16 +614,20 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
 #pragma unroll
         for (int r = 0; r < Lo::RS; ++r) {
           const int i = slot + NSLOT * r;
-          float4 s4 = ld4(S + i * DK + j0), g4 = ld4(gS + i * DK + j0);
+          float4 s4, g4;
+          if constexpr (Lo::REG_S) s4 = sreg[r], g4 = gsreg[r];
+          else s4 = ld4(S + i * DK + j0), g4 = ld4(gS + i * DK + j0);
           const float e = rb[Lo::R_VE + i], ge = sm[Lo::O_GE + i], gp = sm[Lo::O_GP + i];
           if (wrote) {
             s4.x = fmaf(-e, ah.x, s4.x), s4.y = fmaf(-e, ah.y, s4.y), s4.z = fmaf(-e, ah.z, s4.z), s4.w = fmaf(-e, ah.w, s4.w);
-            st4(S + i * DK + j0, s4);
+            if constexpr (Lo::REG_S) sreg[r] = s4;
+            else st4(S + i * DK + j0, s4);
             cg[0] = fmaf(s4.x, ge, cg[0]), cg[1] = fmaf(s4.y, ge, cg[1]), cg[2] = fmaf(s4.z, ge, cg[2]), cg[3] = fmaf(s4.w, ge, cg[3]);
           }
           g4.x += gp * qs.x - ge * kh.x, g4.y += gp * qs.y - ge * kh.y;
           g4.z += gp * qs.z - ge * kh.z, g4.w += gp * qs.w - ge * kh.w;
-          st4(gS + i * DK + j0, g4);
+          if constexpr (Lo::REG_S) gsreg[r] = g4;
+          else st4(gS + i * DK + j0, g4);
         }
         st4(colp + slot * DK + j0, make_float4(cg[0], cg[1], cg[2], cg[3]));
         group_sum_n<LPR>(red);
@@ -706,8 +769,17 @@ __global__ void __launch_bounds__(BackwardLayout<DK, DV>::NT, 1) vla_backward_ke
       bp.dA0[pair * DK * DK + idx] = g_at<P>(M, gd, i, j);
     }
   }
-  if (bp.dS0)
-    for (int idx = tid; idx < DV * DK; idx += Lo::NT) bp.dS0[pair * DV * DK + idx] = gS[idx];
+  if (bp.dS0) {
+    if constexpr (Lo::REG_S) {
+#pragma unroll
+      for (int r = 0; r < Lo::RS; ++r) {  // scalar stores: dS0 need not be 16-byte aligned
+        float* d = bp.dS0 + pair * DV * DK + (slot + NSLOT * r) * DK + j0;
+        d[0] = gsreg[r].x, d[1] = gsreg[r].y, d[2] = gsreg[r].z, d[3] = gsreg[r].w;
+      }
+    } else {
+      for (int idx = tid; idx < DV * DK; idx += Lo::NT) bp.dS0[pair * DV * DK + idx] = gS[idx];
+    }
+  }
   if (bp.dz0 && warp == 0) {
 #pragma unroll
     for (int x = 0; x < KPL; ++x) bp.dz0[pair * DK + lane + 32 * x] = gz[x];
