@@ -42,7 +42,7 @@ class LinearAttentionState {
   const MatrixType& S() const { return s_; }
   const VectorType& z() const { return z_; }
 
-  VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v) {
+  VLA_NOINLINE VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v) {
     check_step(q, k, v);
     VectorType o(dv());
     step_unchecked(q, k, v, o);
@@ -99,8 +99,8 @@ class DeltaNetState {
   Eigen::Index dv() const { return s_.rows(); }
   const MatrixType& S() const { return s_; }
 
-  VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
-                  Scalar beta) {
+  VLA_NOINLINE VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+                               Scalar beta) {
     check_step(q, k, v, beta);
     VectorType o(dv());
     step_unchecked(q, k, v, beta, o);

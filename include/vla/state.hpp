@@ -70,10 +70,11 @@ class VlaState {
     return o;
   }
 
-  /// As above, writing o (size dv) in place.
+  /// As above, writing o (size dv) in place. Out of line (VLA_NOINLINE, vla/detail/eigen_util.hpp):
+  /// every caller of the public step gets the same bits.
   template <class Out>
-  void step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
-            const VectorCRef<Scalar>& u, Out&& o) {
+  VLA_NOINLINE void step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
+                         const VectorCRef<Scalar>& u, Out&& o) {
     check_step(q, k, v, u);
     detail::require_size(o.size(), dv(), "o");
     step_unchecked(q, k, v, u, o);

@@ -10,6 +10,21 @@
 
 #include "vla/detail/rules.hpp"
 
+// VLA_NOINLINE marks each state's public step (VlaState, LinearAttentionState, DeltaNetState ::step):
+// one compiled copy per output type, whoever calls it. Inlined copies of the same float code may
+// contract a·b + c into FMAs differently in different callers — GCC 12 with -march=native on an
+// Intel Xeon (AVX-512) did, when one function stepped two states on the same inputs and merged their
+// common subexpressions: the Monitored wrapper's outputs differed from the plain state's in the last
+// bit (tests/test_diagnostics.cpp) — and diagnostics are promised to change no bit. The batched
+// forward calls step_unchecked inline: out of line, that measured 7–9 % slower there.
+#if defined(__GNUC__) || defined(__clang__)
+#define VLA_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define VLA_NOINLINE __declspec(noinline)
+#else
+#define VLA_NOINLINE
+#endif
+
 namespace vla {
 
 template <class Scalar>
