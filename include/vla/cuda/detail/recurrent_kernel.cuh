@@ -82,7 +82,8 @@ struct RecurrentParams {
   int chunk = 32;  ///< tokens per shared-memory chunk (forward)
   /// Checkpoints for the backward (vla/cuda/backward.cuh; null: none): the state at tokens 0, L, 2L,
   /// … < len of every pair, L = ckpt_every (a multiple of chunk), checkpoint c of pair p at
-  /// [p·ckpt_stride + c] of ckA (dk²), ckS (dv·dk), ckz (dk). The forward writes o only when o is set.
+  /// [p·ckpt_stride + c] of ckA (dk²), ckS (dv·dk), ckz (dk). Read only by the CKPT instance of
+  /// recurrent_kernel, which also skips the output when o is null; the plain forward ignores them.
   float* ckA = nullptr;
   float* ckS = nullptr;
   float* ckz = nullptr;
