@@ -166,12 +166,14 @@ void crossover(benchmark::internal::Benchmark* b) {
   b->ArgNames({"dk", "BH", "T", "threads", "path"})->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
-// One head, float: the forward (VlaState::step, T steps) beside the backward (vla_backward, which
-// runs the forward twice — a checkpoint pass and a recompute pass — and the adjoint), same inputs.
-// Arguments: dk (= dv), T, mode (0 = forward, 1 = backward with checkpoints every 64 steps).
+// One head, float: the forward (VlaState::step, T steps) beside the backward (vla_backward, docs/maths.md
+// §9d: a forward pass keeping checkpoints and step records, then the adjoint), same inputs.
+// Arguments: dk (= dv), T, mode (0 = forward; backward with checkpoints every 64 steps and its states
+// 1 = undone step by step (BackwardStates::roll_back, the default), 2 = recomputed from each checkpoint).
 void BM_SingleHeadVla(benchmark::State& state) {
   const int dk = static_cast<int>(state.range(0)), T = static_cast<int>(state.range(1));
   const bool backward = state.range(2) != 0;
+  const auto states = state.range(2) == 2 ? vla::BackwardStates::recompute : vla::BackwardStates::roll_back;
   std::mt19937 rng(7u);
   std::normal_distribution<float> n01;
   Eigen::MatrixXf Q(T, dk), K(T, dk), V(T, dk), U(T, dk), dO(T, dk);
@@ -187,7 +189,7 @@ void BM_SingleHeadVla(benchmark::State& state) {
   const Eigen::MatrixXf Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), Uc = U.transpose();
   for (auto _ : state) {
     if (backward) {
-      auto g = vla::vla_backward<float>(init, cfg, Q, K, V, U, dO, nullptr, 64);
+      auto g = vla::vla_backward<float>(init, cfg, Q, K, V, U, dO, nullptr, 64, nullptr, states);
       benchmark::DoNotOptimize(g.dq.data());
     } else {
       vla::VlaState<float> st = fresh;
@@ -255,7 +257,7 @@ BENCHMARK_TEMPLATE(BM_SingleHeadBaseline, vla::op::DeltaNet)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_SingleHeadVla)
-    ->ArgsProduct({{32, 64}, {2048}, {0, 1}})
+    ->ArgsProduct({{32, 64}, {2048}, {0, 1, 2}})
     ->ArgNames({"dk", "T", "backward"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

@@ -1,15 +1,18 @@
-// vla/backward.hpp — reverse mode through one head's VLA recurrence (docs/maths.md §9) and through
-// the two baselines (§9b), on the CPU.
+// vla/backward.hpp — reverse mode through one head's VLA recurrence (docs/maths.md §9, §9d) and
+// through the two baselines (§9b), on the CPU.
 //
-// The forward is the state's own step (VlaState, LinearAttentionState, DeltaNetState), run again
-// from checkpoints; this file adds only the adjoint of each line of docs/maths.md §2 (§7 for the
-// baselines), in reverse order, derived in §9 (the derivation beside the lines below follows it
-// step by step). Float and double.
+// The forward is the state's own step (VlaState, LinearAttentionState, DeltaNetState); this file
+// adds only the adjoint of each line of docs/maths.md §2 (§7 for the baselines), in reverse order,
+// derived in §9 (the derivation beside the lines below follows it step by step). VLA's states come
+// from undoing each step with the vectors its forward pass kept (§9d), checked at every checkpoint;
+// the baselines' blocks are run again from their checkpoints. Float and double.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -35,15 +38,75 @@ struct VlaBackwardStats {
   std::int64_t clamped_steps = 0;  ///< steps whose δ floor bound: no gradient flows through δ there
   std::int64_t floored_steps = 0;  ///< steps whose output denominator floor bound: none through zᵀq
   std::int64_t checkpoints = 0;    ///< states kept by the first pass (memory: checkpoints × (dk² + dv·dk + dk))
+  std::int64_t rolled_back_blocks = 0;  ///< blocks walked by undoing each step (BackwardStates::roll_back)
+  std::int64_t recomputed_blocks = 0;   ///< blocks run again from their checkpoint (recompute, a clamp, a redo)
+  std::int64_t redone_blocks = 0;       ///< of those, blocks undone first and run again: drift above the tolerance
+  double max_roll_back_drift = 0;       ///< the largest drift of an accepted roll-back (docs/maths.md §9d)
 };
+
+/// Where the VLA backward gets each step's state from (docs/maths.md §9d).
+enum class BackwardStates {
+  roll_back,  ///< undo each step with its own vectors, checked against every checkpoint (the default)
+  recompute,  ///< run each block again from its checkpoint and keep its states: the forward's bits
+};
+
+/// The largest drift accepted of a rolled-back block: max|undone − kept| over the state's largest
+/// entry in the block, for A and S, at the block's checkpoint (docs/maths.md §9d). Above it, the
+/// block runs again from its checkpoint.
+template <class Scalar>
+constexpr double kRollBackTolerance() {
+  return 64 * double(std::numeric_limits<Scalar>::epsilon());
+}
 
 namespace detail {
 
-/// The adjoint of §2.6's output, o = S₂q / max(z₂ᵀq, ε_den) (o = S₂q with the normaliser off), shared
-/// by VLA and linear attention (docs/maths.md §9, §9b). S₂ enters only through its products
-/// (s2_times(y, out): out = S₂y; s2t_times: out = S₂ᵀy). Adds to gS (∂L/∂S₂) and gz (∂L/∂z₂), writes
-/// gq; qs, gqs (dk) and gp, sq (dv) are scratch. Returns whether the floor bound (then no gradient
-/// flows through z₂ᵀq).
+/// The scaled output of docs/maths.md §9 (§2.6), shared by VLA and linear attention: q̃ = q/m
+/// (m = max|q|, or 1 for a zero or subnormal q), d̃ = max(z₂ᵀq̃, ε_den/m), p̄ = g/d̃; with the
+/// normaliser off, q̃ = q and p̄ = g. `finish` turns S₂ᵀp̄ and S₂q̃ into q̄ and adds to z̄₂.
+template <class Scalar>
+struct OutputAdjoint {
+  bool normalize = false, floored = false;
+  Scalar m = 1, den = 1;
+  template <class Q, class Go>
+  OutputAdjoint(const Q& q, const Vector<Scalar>& z2, const Go& go, const Config& cfg, Vector<Scalar>& qs,
+                Vector<Scalar>& gp)
+      : normalize(cfg.normalize_output) {
+    if (!normalize) {
+      qs = q;
+      gp = go;
+      return;
+    }
+    m = q.cwiseAbs().maxCoeff();
+    if (!(m > Scalar(0)) || !std::isfinite(Scalar(1) / m)) m = 1;  // zero or subnormal q: no scaling
+    qs = q / m;
+    const Scalar zqs = z2.dot(qs);
+    const Scalar eps_m = Scalar(cfg.denom_eps) / m;
+    floored = !(zqs > eps_m);
+    den = floored ? eps_m : zqs;
+    gp = go / den;  // ∂L/∂(S₂q̃)
+  }
+  /// Whether finish needs S₂q̃ (only where the floor does not bind).
+  bool needs_sq() const { return normalize && !floored; }
+  /// q̄ from q̃̄ = S₂ᵀp̄ (p1) [+ d̃̄ z₂]; z̄₂ += d̃̄ q̃ (d̃̄ = −gᵀo/d̃, o = S₂q̃/d̃, no d̃² formed).
+  template <class Go, class Gq>
+  void finish(const Vector<Scalar>& z2, const Go& go, const Vector<Scalar>& qs, const Vector<Scalar>& sqs,
+              Vector<Scalar>& p1, Vector<Scalar>& gz, Gq&& gq) const {
+    if (needs_sq()) {  // where the floor binds, o = S₂q/ε_den: no gradient through z₂ᵀq
+      const Scalar gden = -(go.dot(sqs) / den) / den;
+      p1 += gden * z2;
+      gz += gden * qs;
+    }
+    if (normalize)
+      gq = p1 / m;
+    else
+      gq = p1;
+  }
+};
+
+/// The adjoint of §2.6's output for an op whose S₂ enters through products (linear attention,
+/// docs/maths.md §9b): s2_times(y, out): out = S₂y; s2t_times: out = S₂ᵀy. Adds to gS (∂L/∂S₂) and gz
+/// (∂L/∂z₂), writes gq; qs, gqs (dk) and gp, sq (dv) are scratch. Returns whether the floor bound
+/// (then no gradient flows through z₂ᵀq).
 ///
 /// With the normaliser on, o is homogeneous of degree 0 in q wherever the floor does not bind, so
 /// the adjoint works on q̃ = q/m, m = max|q| (the forward's huge-q rule, here for every q: no product
@@ -52,142 +115,217 @@ template <class Scalar, class S2Times, class S2tTimes>
 bool output_adjoint(const Vector<Scalar>& q, const Vector<Scalar>& z2, const Vector<Scalar>& go, const Config& cfg,
                     S2Times&& s2_times, S2tTimes&& s2t_times, Vector<Scalar>& qs, Vector<Scalar>& gqs,
                     Vector<Scalar>& gp, Vector<Scalar>& sq, Matrix<Scalar>& gS, Vector<Scalar>& gz, Vector<Scalar>& gq) {
-  if (!cfg.normalize_output) {
-    gS.noalias() += go * q.transpose();
-    s2t_times(go, gq);
-    return false;
-  }
-  Scalar m = q.cwiseAbs().maxCoeff();
-  if (!(m > Scalar(0)) || !std::isfinite(Scalar(1) / m)) m = 1;  // zero or subnormal q: no scaling
-  qs = q / m;
-  const Scalar zqs = z2.dot(qs);
-  const Scalar eps_m = Scalar(cfg.denom_eps) / m;
-  const bool floored = !(zqs > eps_m);
-  const Scalar den = floored ? eps_m : zqs;
-  gp = go / den;  // ∂L/∂(S₂q̃)
+  const OutputAdjoint<Scalar> out(q, z2, go, cfg, qs, gp);
   gS.noalias() += gp * qs.transpose();
   s2t_times(gp, gqs);
-  if (!floored) {  // where the floor binds, o = S₂q/ε_den: no gradient through z₂ᵀq
-    s2_times(qs, sq);
-    const Scalar gden = -(go.dot(sq) / den) / den;  // ∂L/∂d = −gᵀo/d with o = S₂q̃/d (no d² formed)
-    gqs += gden * z2;
-    gz += gden * qs;
-  }
-  gq = gqs / m;
-  return floored;
+  if (out.needs_sq()) s2_times(qs, sq);
+  out.finish(z2, go, qs, sq, gqs, gz, gq);
+  return out.floored;
 }
+
+/// What the backward keeps of every forward step to undo it and differentiate it (docs/maths.md
+/// §9d), one column per token: s = A û/√δ, α̂, e = v − S k̂, S₂q, and the step's factors (û = uf·u,
+/// k̂ = kf·k, α̂ = af·α, δ). Columns whose factor is zero are not written (nothing uses them).
+/// Memory: T·(2·dk + 2·dv + 4) numbers.
+template <class Scalar>
+struct VlaStepRecords {
+  Matrix<Scalar> s, ah, e, sq;
+  std::vector<VlaStepFactors<Scalar>> f;
+  VlaStepRecords(Eigen::Index dk, Eigen::Index dv, Eigen::Index T)
+      : s(dk, T), ah(dk, T), e(dv, T), sq(dv, T), f(static_cast<std::size_t>(T)) {}
+  void keep(const VlaState<Scalar>& st, Eigen::Index t) {
+    const VlaStepFactors<Scalar>& x = st.last_factors();
+    f[static_cast<std::size_t>(t)] = x;
+    if (x.uf != Scalar(0)) s.col(t) = st.last_s();
+    if (x.af != Scalar(0)) {
+      ah.col(t) = st.last_alpha_hat();
+      e.col(t) = st.last_e();
+    }
+    sq.col(t) = st.last_sq();
+  }
+};
+
+/// The state the reverse sweep holds at a step: the state after it (A₂, S₂ᵀ, z₂). S is held
+/// transposed (dk × dv) so that the two products the adjoint needs of it, S₂ᵀp̄ and S₂ᵀē, and the
+/// roll-back S ← S₂ − e α̂ᵀ are all column sweeps (no reductions, detail/cpu_kernels.hpp).
+template <class Scalar>
+struct VlaHeldState {
+  Matrix<Scalar> A, St;
+  Vector<Scalar> z;
+  void set(const VlaState<Scalar>& st) {
+    A = st.A();
+    St = st.S().transpose();
+    z = st.z();
+  }
+};
 
 /// Scratch vectors of the adjoint step, allocated once per backward.
 template <class Scalar>
 struct VlaAdjointScratch {
-  Vector<Scalar> uh, w, kh, alpha, ah, e, qs, sq, gp, gqs, ge, gah, galpha, gkh, gw, gAw, gAtw, guh;
+  Vector<Scalar> uh, kh, qs, gp, sqs, ge, gah, galpha, Gs, gw, Aga, Agw, p1, t2, guh, gkh, nah, nge, h1, h2, h3, h4;
   VlaAdjointScratch(Eigen::Index dk, Eigen::Index dv) {
-    for (Vector<Scalar>* x : {&uh, &w, &kh, &alpha, &ah, &qs, &gqs, &gah, &galpha, &gkh, &gw, &gAw, &gAtw, &guh})
+    for (Vector<Scalar>* x : {&uh, &kh, &qs, &gah, &galpha, &Gs, &gw, &Aga, &Agw, &p1, &t2, &guh, &gkh, &nah, &h1,
+                              &h2, &h3, &h4})
       x->resize(dk);
-    for (Vector<Scalar>* x : {&e, &sq, &gp, &ge}) x->resize(dv);
+    for (Vector<Scalar>* x : {&gp, &sqs, &ge, &nge}) x->resize(dv);
   }
 };
 
-/// The adjoint of one step (docs/maths.md §9). `pre` is the state before the step; (gA, gS, gz) enter as
-/// the loss's gradient with respect to the state after the step and leave as the gradient with
-/// respect to the state before it (gA general: its symmetric part is what counts, §9); gq … gu
-/// receive the step's input gradients. A₂ (A after the update and refresh) and S₂ are never formed:
-/// their products come from A, S and the step's vectors (A₂x = Ax − w(wᵀx)/δ + ε_refresh·x,
-/// S₂x = Sx + e(α̂ᵀx)), so one step costs about 16 matrix–vector-sized passes and allocates nothing.
+
+/// What the S̄ chain of a step hands to the Ā chain of the same step (docs/maths.md §9d): ᾱ and the
+/// S part of k̂̄ (−Sᵀē), one column per step of a block.
 template <class Scalar>
-void vla_step_adjoint(const VlaState<Scalar>& pre, const Vector<Scalar>& q, const Vector<Scalar>& k,
-                      const Vector<Scalar>& v, const Vector<Scalar>& u, const Vector<Scalar>& go, Matrix<Scalar>& gA,
-                      Matrix<Scalar>& gS, Vector<Scalar>& gz, Vector<Scalar>& gq, Vector<Scalar>& gk,
-                      Vector<Scalar>& gv, Vector<Scalar>& gu, VlaAdjointScratch<Scalar>& x, VlaBackwardStats& stats) {
-  const Config& cfg = pre.config();
-  const Eigen::Index n = pre.dk();
-  const Scalar c = Scalar(1) / std::sqrt(Scalar(n));
-  const Matrix<Scalar>& A = pre.A();  // symmetric
-  const Matrix<Scalar>& S = pre.S();
-  const Scalar eps_r = rules::refresh_due(pre.steps(), cfg.refresh_period) ? Scalar(cfg.refresh_eps) : Scalar(0);
+struct VlaChainLinks {
+  Matrix<Scalar> galpha, gkh;
+  VlaChainLinks(Eigen::Index dk, Eigen::Index block) : galpha(dk, block), gkh(dk, block) {}
+};
 
-  // ---- the step again, keeping what the adjoint needs (§2)
-  const Scalar uf = unit_factor<Scalar>(u, c);  // û = uf·u, ‖u‖ = c/uf
-  Scalar dtil = 1, del = 1;
-  if (uf != Scalar(0)) {
-    x.uh = u * uf;
-    x.w.noalias() = A * x.uh;
-    dtil = Scalar(1) + x.uh.dot(x.w);
-    del = rules::sm_denominator<Scalar>(dtil, Scalar(cfg.stab_eps));
-  } else {
-    x.uh.setZero();
-    x.w.setZero();
-  }
-  auto a2_times = [&](const Vector<Scalar>& y, Vector<Scalar>& out) {  // out = A₂ y (A₂ symmetric)
-    out.noalias() = A * y;
-    if (uf != Scalar(0)) out -= x.w * (x.w.dot(y) / del);
-    if (eps_r != Scalar(0)) out += eps_r * y;
-  };
-  const Scalar kf = unit_factor<Scalar>(k);
-  x.kh = k * kf;
-  Scalar af = 0;
-  if (kf != Scalar(0)) {
-    a2_times(x.kh, x.alpha);
-    af = unit_factor<Scalar>(x.alpha);
-  }
-  x.ah = x.alpha * af;
-  const bool wrote = af != Scalar(0);
-  if (wrote) {
-    x.e = v;
-    x.e.noalias() -= S * x.kh;
-  }
-  auto s2_times = [&](const Vector<Scalar>& y, Vector<Scalar>& out) {  // out = S₂ y
-    out.noalias() = S * y;
-    if (wrote) out += x.e * x.ah.dot(y);
-  };
-  auto s2t_times = [&](const Vector<Scalar>& y, Vector<Scalar>& out) {  // out = S₂ᵀ y
-    out.noalias() = S.transpose() * y;
-    if (wrote) out += x.ah * x.e.dot(y);
-  };
-  const Vector<Scalar> z2 = pre.z() + k;
+/// The S̄ chain of one step's adjoint (docs/maths.md §9, in the form of §9d): the lines of §2.6, §2.5
+/// and §2.4's α̂, on the held S₂ᵀ and z₂ (`h`; with Roll, left holding S and z before the step) and
+/// (S̄, z̄), which enter as the gradient with respect to the state after the step and leave as the
+/// gradient with respect to the state before it. Writes q̄, v̄, k̄'s term through z (gk = z̄₂), and
+/// into `link` ᾱ and −Sᵀē for the Ā chain. Three sweeps: S̄ (read), S₂ᵀ (read, undone), S̄ (rank 2).
+template <bool Roll, class Scalar, class QV, class KV, class GoV, class GqV, class GkV, class GvV, class LV>
+void vla_adjoint_s(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, Eigen::Index t, const Config& cfg,
+                   const QV& q, const KV& k, const GoV& go, Matrix<Scalar>& gS, Vector<Scalar>& gz, GqV&& gq,
+                   GkV&& gk, GvV&& gv, LV&& link_galpha, LV&& link_gkh, VlaAdjointScratch<Scalar>& x,
+                   VlaBackwardStats& stats) {
+  const Eigen::Index n = h.St.rows(), m = h.St.cols();
+  const VlaStepFactors<Scalar>& f = rec.f[static_cast<std::size_t>(t)];
+  const bool wrote = f.af != Scalar(0);
+  const Scalar* ah = rec.ah.col(t).data();
+  const Scalar* e = rec.e.col(t).data();
+  const auto S_ = [&](const Scalar* p, Eigen::Index len) { return Eigen::Map<const Vector<Scalar>>(p, len); };
+  if (wrote) x.kh = k * f.kf;  // the forward's k̂, bit for bit
 
-  // ---- adjoints, last line first
-  // §2.6 the output (output_adjoint, shared with linear attention).
-  if (output_adjoint(q, z2, go, cfg, s2_times, s2t_times, x.qs, x.gqs, x.gp, x.sq, gS, gz, gq)) ++stats.floored_steps;
-  // §2.6 z₂ = z + k
-  gk = gz;
-  // §2.5 S₂ = S + e α̂ᵀ, e = v − S k̂ (nothing written when α̂ = 0)
-  x.gkh.setZero();
-  gv.setZero();
+  // §2.6 the output: q̃, d̃, p̄ (OutputAdjoint); S₂q̃ from the forward's S₂q (rescaled; formed again
+  // in the S₂ sweep only if it overflowed: huge q).
+  const OutputAdjoint<Scalar> out(q, h.z, go, cfg, x.qs, x.gp);
+  bool sq_in_sweep = false;
+  if (out.needs_sq()) {
+    const auto sq = rec.sq.col(t);
+    if (all_finite(sq))
+      x.sqs = sq / out.m;
+    else
+      sq_in_sweep = true;
+  }
+  if (out.floored) ++stats.floored_steps;
+
+  // §2.5 S₂ = S + e α̂ᵀ: ē = S̄₂α̂, α̂̄ = S̄₂ᵀe with S̄₂ = S̄ + p̄ q̃ᵀ (the output's term, added below).
   if (wrote) {
-    x.ge.noalias() = gS * x.ah;                  // ∂L/∂e
-    x.gah.noalias() = gS.transpose() * x.e;      // ∂L/∂α̂
+    sweep<0, 1, 1, false>(gS.data(), m, n, {}, {}, {ah}, {x.ge.data()}, {e}, {x.gah.data()});
+    x.ge += x.gp * x.qs.dot(S_(ah, n));
+    x.gah += x.qs * x.gp.dot(S_(e, m));
     gv = x.ge;
-    x.gkh.noalias() -= S.transpose() * x.ge;
-    gS.noalias() -= x.ge * x.kh.transpose();     // S₂ = S + (v − S k̂) α̂ᵀ: ∂/∂S adds −ē k̂ᵀ
-    // §2.4 α̂ = α/‖α‖ (af = 1/‖α‖): ᾱ = af·(I − α̂α̂ᵀ)·ḡ
-    x.galpha = af * (x.gah - x.ah * x.ah.dot(x.gah));
-    // α = A₂ k̂: ∂/∂k̂ = A₂ᵀᾱ = A₂ᾱ, ∂/∂A₂ = ᾱ k̂ᵀ
-    a2_times(x.galpha, x.gw);
-    x.gkh += x.gw;
-    gA.noalias() += x.galpha * x.kh.transpose();
+    // §2.4 α̂ = α/‖α‖: ᾱ = af·(I − α̂α̂ᵀ) α̂̄
+    link_galpha = f.af * (x.gah - S_(ah, n) * S_(ah, n).dot(x.gah));
+  } else {
+    gv.setZero();
   }
-  // k̂ = k/‖k‖ (kf = 1/‖k‖)
-  if (kf != Scalar(0)) gk += kf * (x.gkh - x.kh * x.kh.dot(x.gkh));
-  // §2.3 A₂ = A₁ + ε_refresh·I: the gradient passes unchanged.
-  // §2.2 A₁ = A − w wᵀ/δ, δ = max(1 + ûᵀw, ε_stab), w = A û
-  gu.setZero();
-  if (uf != Scalar(0)) {
-    x.gAw.noalias() = gA * x.w;
-    x.gAtw.noalias() = gA.transpose() * x.w;
-    const Scalar gdel = x.w.dot(x.gAw) / (del * del);
-    const bool clamped = !(dtil > Scalar(cfg.stab_eps));
-    if (clamped) ++stats.clamped_steps;        // the floor binds: no gradient through δ
-    const Scalar gdtil = clamped ? Scalar(0) : gdel;
-    x.gw = -(x.gAw + x.gAtw) / del + gdtil * x.uh;  // ∂L/∂w, δ̃ = 1 + ûᵀw included
-    x.guh = gdtil * x.w;
-    x.guh.noalias() += A * x.gw;               // w = A û: ∂/∂û = Aᵀw̄ = A w̄
-    gA.noalias() += x.gw * x.uh.transpose();   //           ∂/∂A = w̄ ûᵀ
-    // §2.1 û = c·u/‖u‖ (uf = c/‖u‖, n̂ = û/c): ū = uf·(I − n̂n̂ᵀ)·ḡ
-    const Scalar nd = x.uh.dot(x.guh) / (c * c);
-    gu = uf * (x.guh - x.uh * nd);
+
+  // The S₂ sweep (S₂ᵀ held): S₂ᵀp̄, S₂ᵀē (and S₂q̃ if it must be formed), then (Roll) S ← S₂ − e α̂ᵀ.
+  Scalar* St = h.St.data();
+  if (wrote) {
+    x.nah = -S_(ah, n);
+    if (sq_in_sweep)
+      sweep<Roll ? 1 : 0, 2, 1, false>(St, n, m, {x.nah.data()}, {e}, {x.gp.data(), x.ge.data()},
+                                       {x.p1.data(), x.t2.data()}, {x.qs.data()}, {x.sqs.data()});
+    else
+      sweep<Roll ? 1 : 0, 2, 0, false>(St, n, m, {x.nah.data()}, {e}, {x.gp.data(), x.ge.data()},
+                                       {x.p1.data(), x.t2.data()}, {}, {});
+  } else if (sq_in_sweep) {
+    sweep<0, 1, 1, false>(St, n, m, {}, {}, {x.gp.data()}, {x.p1.data()}, {x.qs.data()}, {x.sqs.data()});
+  } else {
+    sweep<0, 1, 0, false>(St, n, m, {}, {}, {x.gp.data()}, {x.p1.data()}, {}, {});
   }
-  // gA now holds ∂L/∂A before the step: A₁'s gradient plus the two direct terms above.
+  out.finish(h.z, go, x.qs, x.sqs, x.p1, gz, gq);
+
+  // §2.6 z₂ = z + k: k̄ = z̄₂. §2.5: k̂̄ = −Sᵀē = −(S₂ᵀē − α̂ (eᵀē)) (the Ā chain adds A₂ᾱ).
+  gk = gz;
+  if (wrote) link_gkh = S_(ah, n) * S_(e, m).dot(x.ge) - x.t2;
+
+  // S̄ (before) = S̄₂ − ē k̂ᵀ = S̄ + p̄ q̃ᵀ − ē k̂ᵀ.
+  if (wrote) {
+    x.nge = -x.ge;
+    sweep<2, 0, 0, false>(gS.data(), m, n, {x.gp.data(), x.nge.data()}, {x.qs.data(), x.kh.data()}, {}, {}, {}, {});
+  } else {
+    sweep<1, 0, 0, false>(gS.data(), m, n, {x.gp.data()}, {x.qs.data()}, {}, {}, {}, {});
+  }
+  if (Roll) h.z -= k;
+}
+
+/// The Ā chain of one step's adjoint (docs/maths.md §9, §9d): §2.4's α = A₂k̂ and k̂, §2.3, §2.2 and
+/// §2.1, on the held A₂ (`h`; with Roll, left holding A before the step: A₂ + s sᵀ − ε_r I) and
+/// Ḡ = sym(Ā), which enters as the gradient with respect to A₂ and leaves as that with respect to A.
+/// Takes ᾱ and −Sᵀē from the S̄ chain (`link_*`), adds k̂'s share to k̄, writes ū. Three sweeps:
+/// Ḡ (read), A₂ (read, undone), Ḡ (rank 4).
+template <bool Roll, class Scalar, class KV, class UV, class GkV, class GuV, class LV>
+void vla_adjoint_a(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, Eigen::Index t, Scalar eps_r,
+                   const Config& cfg, const KV& k, const UV& u, Matrix<Scalar>& G, GkV&& gk, GuV&& gu,
+                   const LV& link_galpha, const LV& link_gkh, VlaAdjointScratch<Scalar>& x, VlaBackwardStats& stats) {
+  const Eigen::Index n = h.A.rows();
+  const VlaStepFactors<Scalar>& f = rec.f[static_cast<std::size_t>(t)];
+  const bool has_u = f.uf != Scalar(0), wrote = f.af != Scalar(0);
+  const Scalar* s = rec.s.col(t).data();
+  const auto S_ = [&](const Scalar* p, Eigen::Index len) { return Eigen::Map<const Vector<Scalar>>(p, len); };
+  if (has_u) x.uh = u * f.uf;  // the forward's û and k̂, bit for bit
+  if (wrote) {
+    x.kh = k * f.kf;
+    x.galpha = link_galpha;
+  }
+
+  // §2.2 with Ḡ_mid = Ḡ + sym(ᾱ k̂ᵀ) and w = √δ s: Ḡ_mid w = √δ (Ḡs + ½(ᾱ (k̂ᵀs) + k̂ (ᾱᵀs))),
+  // δ̄ = wᵀḠ_mid w/δ² = sᵀḠ_mid s/δ, w̄ = −2 Ḡ_mid w/δ + δ̃̄ û = −2 Ḡ_mid s/√δ + δ̃̄ û.
+  const Scalar rd = has_u ? std::sqrt(f.delta) : Scalar(1);
+  Scalar gdtil = 0;
+  if (has_u) {
+    sweep<0, 1, 0, false>(G.data(), n, n, {}, {}, {s}, {x.Gs.data()}, {}, {});
+    if (wrote) x.Gs += Scalar(0.5) * (x.galpha * x.kh.dot(S_(s, n)) + x.kh * x.galpha.dot(S_(s, n)));
+    const bool clamped = !(f.delta > Scalar(cfg.stab_eps));
+    if (clamped) ++stats.clamped_steps;  // the floor binds: no gradient through δ
+    gdtil = clamped ? Scalar(0) : S_(s, n).dot(x.Gs) / f.delta;
+    x.gw = (Scalar(-2) / rd) * x.Gs + gdtil * x.uh;
+  }
+
+  // The A₂ sweep: A₂ᾱ (k̂̄'s term of §2.4) and A₂w̄, then (Roll) A ← A₂ + s sᵀ − ε_r I.
+  Scalar* A = h.A.data();
+  if (wrote && has_u)
+    sweep<Roll ? 1 : 0, 2, 0, false>(A, n, n, {s}, {s}, {x.galpha.data(), x.gw.data()}, {x.Aga.data(), x.Agw.data()},
+                                     {}, {});
+  else if (wrote)
+    sweep<0, 1, 0, false>(A, n, n, {}, {}, {x.galpha.data()}, {x.Aga.data()}, {}, {});
+  else if (has_u)
+    sweep<Roll ? 1 : 0, 1, 0, false>(A, n, n, {s}, {s}, {x.gw.data()}, {x.Agw.data()}, {}, {});
+  if (Roll && eps_r != Scalar(0)) h.A.diagonal().array() -= eps_r;
+
+  // §2.4: k̂̄ = −Sᵀē + A₂ᾱ; k̂ = k/‖k‖ (kf = 1/‖k‖): k̄ += kf·(I − k̂k̂ᵀ) k̂̄.
+  if (wrote) {
+    x.gkh = link_gkh + x.Aga;
+    gk += f.kf * (x.gkh - x.kh * x.kh.dot(x.gkh));
+  }
+
+  // §2.2 û̄ = δ̃̄ w + A w̄ with A w̄ = A₂w̄ − ε_r w̄ + s (sᵀw̄); §2.1 û = c·u/‖u‖ (uf = c/‖u‖): ū = uf·(I − n̂n̂ᵀ)û̄.
+  if (has_u) {
+    x.guh = x.Agw + (gdtil * rd) * S_(s, n) + S_(s, n) * S_(s, n).dot(x.gw);
+    if (eps_r != Scalar(0)) x.guh -= eps_r * x.gw;
+    const Scalar c2 = Scalar(1) / Scalar(n);  // c² = 1/dk
+    gu = f.uf * (x.guh - x.uh * (x.uh.dot(x.guh) / c2));
+  } else {
+    gu.setZero();
+  }
+
+  // Ḡ (before) = Ḡ + sym(ᾱ k̂ᵀ) + sym(w̄ ûᵀ).
+  if (wrote || has_u) {
+    if (wrote) x.h1 = Scalar(0.5) * x.galpha, x.h2 = Scalar(0.5) * x.kh;
+    if (has_u) x.h3 = Scalar(0.5) * x.gw, x.h4 = Scalar(0.5) * x.uh;
+    if (wrote && has_u)
+      sweep<4, 0, 0, false>(G.data(), n, n, {x.h1.data(), x.h2.data(), x.h3.data(), x.h4.data()},
+                            {x.kh.data(), x.galpha.data(), x.uh.data(), x.gw.data()}, {}, {}, {}, {});
+    else if (wrote)
+      sweep<2, 0, 0, false>(G.data(), n, n, {x.h1.data(), x.h2.data()}, {x.kh.data(), x.galpha.data()}, {}, {}, {}, {});
+    else
+      sweep<2, 0, 0, false>(G.data(), n, n, {x.h3.data(), x.h4.data()}, {x.uh.data(), x.gw.data()}, {}, {}, {}, {});
+  }
 }
 
 /// Checks one head's token matrices for a backward (`fn` names the caller): T rows each, dk or dv
@@ -204,7 +342,7 @@ void check_backward_rows(const char* fn, Eigen::Index dk, Eigen::Index dv, Eigen
   need(Q.cols() == dk && K.rows() == T && K.cols() == dk && (!U || (U->rows() == T && U->cols() == dk)),
        U ? "q, k, u must be T × dk (one row per token)" : "q, k must be T × dk (one row per token)");
   need(V.rows() == T && V.cols() == dv && dO.rows() == T && dO.cols() == dv, "v and d_o must be T × dv");
-  need(Q.allFinite() && K.allFinite() && V.allFinite() && (!U || U->allFinite()) && dO.allFinite(),
+  need(all_finite(Q) && all_finite(K) && all_finite(V) && (!U || all_finite(*U)) && all_finite(dO),
        U ? "q, k, v, u and d_o must be finite" : "q, k, v and d_o must be finite");
 }
 
@@ -239,7 +377,131 @@ std::int64_t checkpointed_reverse(const State& start, Eigen::Index T, Eigen::Ind
 
 }  // namespace detail
 
-/// Reverse mode through one head's forward of T steps from `start` (docs/maths.md §9):
+namespace detail {
+/// vla_backward with the roll-back's drift tolerance as a parameter (the public overloads pass
+/// kRollBackTolerance; the tests pass 0 to run every block again).
+template <class Scalar>
+VlaGradients<Scalar> vla_backward_impl(const VlaState<Scalar>& start, const Matrix<Scalar>& Q, const Matrix<Scalar>& K,
+                                       const Matrix<Scalar>& V, const Matrix<Scalar>& U, const Matrix<Scalar>& dO,
+                                       const VlaSnapshot<Scalar>* d_final, Eigen::Index checkpoint,
+                                       VlaBackwardStats* stats_out, BackwardStates states, double tolerance) {
+  const Eigen::Index T = Q.rows(), n = start.dk(), m = start.dv();
+  check_backward_rows<Scalar>("vla_backward", n, m, checkpoint, Q, K, V, &U, dO);
+  auto need = [](bool ok, const char* what) {
+    if (!ok) throw std::invalid_argument(std::string("vla::vla_backward: ") + what);
+  };
+  if (d_final) {
+    need(d_final->A.rows() == n && d_final->A.cols() == n && d_final->S.rows() == m && d_final->S.cols() == n &&
+             d_final->z.size() == n,
+         "d_final must be shaped like the state (dk × dk, dv × dk, dk)");
+    need(d_final->A.allFinite() && d_final->S.allFinite() && d_final->z.allFinite(), "d_final must be finite");
+  }
+  const Config& cfg = start.config();
+
+  // Tokens as columns (one transpose each): every pass reads a token's vectors contiguously, where a
+  // row of a column-major T×d matrix is d loads T apart.
+  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), Uc = U.transpose(),
+                       dOc = dO.transpose();
+  Vector<Scalar> o(m);
+  auto step = [&](VlaState<Scalar>& st, Eigen::Index t) { st.step_unchecked(Qc.col(t), Kc.col(t), Vc.col(t), Uc.col(t), o); };
+
+  // The forward: checkpoints and records.
+  detail::VlaStepRecords<Scalar> rec(n, m, T);
+  std::vector<VlaState<Scalar>> ckpt;
+  VlaState<Scalar> st = start;
+  for (Eigen::Index t = 0; t < T; ++t) {
+    if (t % checkpoint == 0) ckpt.push_back(st);
+    step(st, t);
+    rec.keep(st, t);
+  }
+
+  VlaGradients<Scalar> g;
+  VlaBackwardStats stats;
+  stats.checkpoints = static_cast<std::int64_t>(ckpt.size());
+  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T), guc(n, T);  // token columns, transposed at the end
+  Matrix<Scalar> G = d_final ? Matrix<Scalar>((d_final->A + d_final->A.transpose()) / Scalar(2))
+                             : Matrix<Scalar>::Zero(n, n);  // sym(Ā): all the adjoint uses of Ā (§9d)
+  Matrix<Scalar> gS = d_final ? d_final->S : Matrix<Scalar>::Zero(m, n);
+  Vector<Scalar> gz = d_final ? d_final->z : Vector<Scalar>::Zero(n);
+  detail::VlaAdjointScratch<Scalar> x(n, m);
+  const Scalar stab_eps = Scalar(cfg.stab_eps);
+  auto eps_r = [&](Eigen::Index t) {
+    return rules::refresh_due(start.steps() + t, cfg.refresh_period) ? Scalar(cfg.refresh_eps) : Scalar(0);
+  };
+  // A block's adjoint as two chains (docs/maths.md §9d): the S̄ chain (S₂, S̄, z̄) over the block's
+  // steps from the last, then the Ā chain (A₂, Ḡ), which takes only ᾱ and −Sᵀē of each step from
+  // the first. Each chain's two d×d matrices stay in L1 through the block, where all four do not.
+  detail::VlaChainLinks<Scalar> links(n, std::min<Eigen::Index>(checkpoint, std::max<Eigen::Index>(T, 1)));
+  auto adjoint_block = [&](auto roll, Eigen::Index t0, Eigen::Index t1, auto&& held) {
+    constexpr bool R = decltype(roll)::value;
+    for (Eigen::Index t = t1 - 1; t >= t0; --t)
+      detail::vla_adjoint_s<R>(held(t), rec, t, cfg, Qc.col(t), Kc.col(t), dOc.col(t), gS, gz, gqc.col(t),
+                               gkc.col(t), gvc.col(t), links.galpha.col(t - t0), links.gkh.col(t - t0), x, stats);
+    for (Eigen::Index t = t1 - 1; t >= t0; --t)
+      detail::vla_adjoint_a<R>(held(t), rec, t, eps_r(t), cfg, Kc.col(t), Uc.col(t), G, gkc.col(t), guc.col(t),
+                               links.galpha.col(t - t0), links.gkh.col(t - t0), x, stats);
+  };
+
+  detail::VlaHeldState<Scalar> h;  // the state after the step being differentiated
+  h.set(st);
+  std::vector<detail::VlaHeldState<Scalar>> post;  // recompute: a block's states after each step
+  Matrix<Scalar> G_save, gS_save;
+  Vector<Scalar> gz_save;
+  VlaBackwardStats stats_save;
+  for (Eigen::Index b = static_cast<Eigen::Index>(ckpt.size()) - 1; b >= 0; --b) {
+    const Eigen::Index t0 = b * checkpoint, t1 = std::min<Eigen::Index>(T, t0 + checkpoint);
+    const VlaState<Scalar>& c = ckpt[static_cast<std::size_t>(b)];
+    bool roll = states == BackwardStates::roll_back;
+    for (Eigen::Index t = t0; roll && t < t1; ++t) {  // a δ clamp: A − s sᵀ cancelled, undoing it would not
+      const VlaStepFactors<Scalar>& f = rec.f[static_cast<std::size_t>(t)];
+      if (f.uf != Scalar(0) && !(f.delta > stab_eps)) roll = false;
+    }
+    if (roll) {
+      G_save = G, gS_save = gS, gz_save = gz, stats_save = stats;
+      const Scalar scaleA = h.A.cwiseAbs().maxCoeff(), scaleS = h.St.cwiseAbs().maxCoeff();
+      adjoint_block(std::true_type{}, t0, t1, [&](Eigen::Index) -> detail::VlaHeldState<Scalar>& { return h; });
+      // How far the undone state is from the kept one, relative to the state's size over the block.
+      const Scalar dA = (h.A - c.A()).cwiseAbs().maxCoeff() / std::max(scaleA, c.A().cwiseAbs().maxCoeff());
+      const Scalar sS = std::max(scaleS, c.S().cwiseAbs().maxCoeff());
+      const Scalar dS = sS > Scalar(0) ? (h.St - c.S().transpose()).cwiseAbs().maxCoeff() / sS : Scalar(0);
+      const double drift = std::max(double(dA), double(dS));
+      if (drift <= tolerance) {
+        stats.max_roll_back_drift = std::max(stats.max_roll_back_drift, drift);
+        ++stats.rolled_back_blocks;
+      } else {  // run the block again from its checkpoint, as recompute does
+        G = G_save, gS = gS_save, gz = gz_save, stats = stats_save;
+        ++stats.redone_blocks;
+        roll = false;
+      }
+    }
+    if (!roll) {
+      if (post.empty()) post.resize(static_cast<std::size_t>(std::min<Eigen::Index>(checkpoint, T)));
+      VlaState<Scalar> r = c;
+      for (Eigen::Index t = t0; t < t1; ++t) {
+        step(r, t);
+        post[static_cast<std::size_t>(t - t0)].set(r);
+      }
+      adjoint_block(std::false_type{}, t0, t1, [&](Eigen::Index t) -> detail::VlaHeldState<Scalar>& {
+        return post[static_cast<std::size_t>(t - t0)];
+      });
+      ++stats.recomputed_blocks;
+    }
+    h.set(c);  // the kept state, exactly: the next block's state after its last step
+  }
+  g.dq = gqc.transpose();
+  g.dk = gkc.transpose();
+  g.dv = gvc.transpose();
+  g.du = guc.transpose();
+  g.d_initial.A = G;
+  g.d_initial.S = gS;
+  g.d_initial.z = gz;
+  g.d_initial.steps = start.steps();
+  if (stats_out) *stats_out = stats;
+  return g;
+}
+}  // namespace detail
+
+/// Reverse mode through one head's forward of T steps from `start` (docs/maths.md §9, §9d):
 /// L = Σ_t ⟨d_o[t], o_t⟩ + ⟨d_final.A, A_T⟩ + ⟨d_final.S, S_T⟩ + ⟨d_final.z, z_T⟩ (d_final optional:
 /// null = zero), returning ∂L/∂(q, k, v, u) and ∂L/∂(initial state). The configuration is the state's.
 ///
@@ -251,73 +513,26 @@ std::int64_t checkpointed_reverse(const State& start, Eigen::Index T, Eigen::Ind
 /// definite, the result is the gradient of what the forward computes from that A (the forward too
 /// runs on it without a word): the same rules (δ floor, output floor) in both directions.
 ///
-/// Memory: the first pass keeps a state every `checkpoint` steps (T/checkpoint states of
-/// dk² + dv·dk + dk numbers), and the reverse pass keeps one block's `checkpoint` pre-step states
-/// at a time; total O(T·d + (T/C + C)·d²). Time: two forwards plus the adjoint (measured: 9.5× the
-/// forward at dk = 64, bench/RESULTS.md).
+/// How (docs/maths.md §9d): one forward pass keeps a checkpoint every `checkpoint` steps and each
+/// step's record (VlaStepRecords); the reverse pass holds one state and, with
+/// BackwardStates::roll_back (the default), undoes each step with its own vectors while it reads
+/// it, checking at every checkpoint how far the undone state has drifted from the kept one and
+/// running that block again from its checkpoint (as recompute does) where the drift exceeds
+/// kRollBackTolerance or a δ clamp bound in the block; BackwardStates::recompute runs every block
+/// again from its checkpoint and keeps its states (the forward's bits: then any interval gives the
+/// same result, bit for bit).
+///
+/// Memory: T·(2·dk + 2·dv + 4) numbers of records, T/checkpoint states of dk² + dv·dk + dk numbers,
+/// and with recompute (or a block run again) `checkpoint` states more. Time (measured, bench/RESULTS.md).
 /// Inputs are validated like the forward's (sizes, finite values), before any work.
 template <class Scalar>
 VlaGradients<Scalar> vla_backward(const VlaState<Scalar>& start, const Matrix<Scalar>& Q, const Matrix<Scalar>& K,
                                   const Matrix<Scalar>& V, const Matrix<Scalar>& U, const Matrix<Scalar>& dO,
                                   const VlaSnapshot<Scalar>* d_final = nullptr, Eigen::Index checkpoint = 64,
-                                  VlaBackwardStats* stats_out = nullptr) {
-  const Eigen::Index T = Q.rows(), n = start.dk(), m = start.dv();
-  detail::check_backward_rows<Scalar>("vla_backward", n, m, checkpoint, Q, K, V, &U, dO);
-  auto need = [](bool ok, const char* what) {
-    if (!ok) throw std::invalid_argument(std::string("vla::vla_backward: ") + what);
-  };
-  if (d_final) {
-    need(d_final->A.rows() == n && d_final->A.cols() == n && d_final->S.rows() == m && d_final->S.cols() == n &&
-             d_final->z.size() == n,
-         "d_final must be shaped like the state (dk × dk, dv × dk, dk)");
-    need(d_final->A.allFinite() && d_final->S.allFinite() && d_final->z.allFinite(), "d_final must be finite");
-  }
-
-  Vector<Scalar> o(m), q(n), k(n), v(m), u(n);
-  // Tokens as columns (one transpose each): every pass reads a token's vectors contiguously, where a
-  // row of a column-major T×d matrix is d loads T apart.
-  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), Uc = U.transpose(),
-                       dOc = dO.transpose();
-  auto load = [&](Eigen::Index t) {
-    q = Qc.col(t);
-    k = Kc.col(t);
-    v = Vc.col(t);
-    u = Uc.col(t);
-  };
-
-  VlaGradients<Scalar> g;
-  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T), guc(n, T);  // token columns, transposed at the end
-  Matrix<Scalar> gA = d_final ? d_final->A : Matrix<Scalar>::Zero(n, n);
-  Matrix<Scalar> gS = d_final ? d_final->S : Matrix<Scalar>::Zero(m, n);
-  Vector<Scalar> gz = d_final ? d_final->z : Vector<Scalar>::Zero(n);
-  Vector<Scalar> gq(n), gk(n), gv(m), gu(n), go(m);
-  detail::VlaAdjointScratch<Scalar> scratch(n, m);
-  VlaBackwardStats stats;
-  stats.checkpoints = detail::checkpointed_reverse(
-      start, T, checkpoint,
-      [&](VlaState<Scalar>& st, Eigen::Index t) {
-        load(t);
-        st.step_unchecked(q, k, v, u, o);
-      },
-      [&](const VlaState<Scalar>& pre, Eigen::Index t) {
-        load(t);
-        go = dOc.col(t);
-        detail::vla_step_adjoint(pre, q, k, v, u, go, gA, gS, gz, gq, gk, gv, gu, scratch, stats);
-        gqc.col(t) = gq;
-        gkc.col(t) = gk;
-        gvc.col(t) = gv;
-        guc.col(t) = gu;
-      });
-  g.dq = gqc.transpose();
-  g.dk = gkc.transpose();
-  g.dv = gvc.transpose();
-  g.du = guc.transpose();
-  g.d_initial.A = (gA + gA.transpose()) / Scalar(2);
-  g.d_initial.S = gS;
-  g.d_initial.z = gz;
-  g.d_initial.steps = start.steps();
-  if (stats_out) *stats_out = stats;
-  return g;
+                                  VlaBackwardStats* stats_out = nullptr,
+                                  BackwardStates states = BackwardStates::roll_back) {
+  return detail::vla_backward_impl<Scalar>(start, Q, K, V, U, dO, d_final, checkpoint, stats_out, states,
+                                         kRollBackTolerance<Scalar>());
 }
 
 /// The same from a snapshot: validates it as a VlaState does (symmetric, positive diagonal, and
@@ -328,8 +543,9 @@ template <class Scalar>
 VlaGradients<Scalar> vla_backward(const VlaSnapshot<Scalar>& initial, const Config& cfg, const Matrix<Scalar>& Q,
                                   const Matrix<Scalar>& K, const Matrix<Scalar>& V, const Matrix<Scalar>& U,
                                   const Matrix<Scalar>& dO, const VlaSnapshot<Scalar>* d_final = nullptr,
-                                  Eigen::Index checkpoint = 64, VlaBackwardStats* stats_out = nullptr) {
-  return vla_backward<Scalar>(VlaState<Scalar>(initial, cfg), Q, K, V, U, dO, d_final, checkpoint, stats_out);
+                                  Eigen::Index checkpoint = 64, VlaBackwardStats* stats_out = nullptr,
+                                  BackwardStates states = BackwardStates::roll_back) {
+  return vla_backward<Scalar>(VlaState<Scalar>(initial, cfg), Q, K, V, U, dO, d_final, checkpoint, stats_out, states);
 }
 
 /// Gradients of a scalar loss with respect to one head's baseline forward (docs/maths.md §9b). Rows

@@ -46,6 +46,10 @@ class PenaltyInverse {
   Eigen::Index dim() const { return a_.rows(); }
   /// The full symmetric A.
   const MatrixType& matrix() const { return a_; }
+  /// s = A_old d / √δ of the last update_apply with a direction (A_new = A_old − s sᵀ before the
+  /// refresh): what the backward keeps of a step to undo it (docs/maths.md §9d). Stale after an
+  /// update_apply without a direction.
+  const VectorType& last_s() const { return w_; }
 
   /// Sherman–Morrison with direction d, used as given (VlaState passes û = u/‖u‖/√dk):
   ///   w = A d;  δ = max(1 + dᵀw, stab_eps);  A ← A − w wᵀ / δ.   Returns δ.

@@ -23,6 +23,14 @@ struct VlaSnapshot {
   std::int64_t steps = 0;   ///< steps taken: the refresh phase (docs/maths.md §3)
 };
 
+/// What one step computed besides the new state, as factors (docs/maths.md §2): û = uf·u, k̂ = kf·k,
+/// α̂ = af·α, δ the Sherman–Morrison denominator. A zero factor marks a zero vector (nothing done
+/// with it). The backward keeps these per token (docs/maths.md §9d).
+template <class Scalar>
+struct VlaStepFactors {
+  Scalar uf = 0, kf = 0, af = 0, delta = 1;
+};
+
 /// One head's recurrent state (A, S, z, t) and its step. Value type: copying it saves it.
 template <class Scalar>
 class VlaState {
@@ -57,6 +65,15 @@ class VlaState {
   std::int64_t steps() const { return steps_; }
 
   VlaSnapshot<Scalar> save() const { return {A(), s_, z_, steps_}; }
+
+  /// The last step's factors and vectors (valid after a step; the vectors where their factor is
+  /// non-zero): s = A û/√δ (A before the step), α̂, e = v − S k̂ (S before the step) and S₂q (S after
+  /// it, q unscaled). What the backward keeps of each step to undo it (docs/maths.md §9d).
+  const VlaStepFactors<Scalar>& last_factors() const { return last_; }
+  const VectorType& last_s() const { return pen_.last_s(); }
+  const VectorType& last_alpha_hat() const { return alpha_; }
+  const VectorType& last_e() const { return e_; }
+  const VectorType& last_sq() const { return sq_; }
 
   /// Replaces the state with a snapshot; validates first, so a throw leaves *this unchanged.
   void restore(const VlaSnapshot<Scalar>& snap) { *this = VlaState(snap, cfg_); }
@@ -108,11 +125,14 @@ class VlaState {
     if (uf != Scalar(0)) uhat_.noalias() = u * uf;
     if (kf != Scalar(0)) khat_.noalias() = k * kf;
     // 2–4. Sherman–Morrison (a zero û leaves A as it is), refresh, α = A k̂ (none for a zero k̂).
-    pen_.update_apply(uf != Scalar(0) ? uhat_.data() : nullptr, stab_eps_,
+    last_.uf = uf;
+    last_.kf = kf;
+    last_.delta = pen_.update_apply(uf != Scalar(0) ? uhat_.data() : nullptr, stab_eps_,
                       rules::refresh_due(steps_, cfg_.refresh_period), refresh_eps_,
                       kf != Scalar(0) ? khat_.data() : nullptr, alpha_.data());
     // 5. α̂, then e = v − S k̂ and S ← S + e α̂ᵀ. A zero k̂ or α writes nothing.
     const Scalar af = kf != Scalar(0) ? detail::unit_factor<Scalar>(alpha_) : Scalar(0);
+    last_.af = af;
     if (af != Scalar(0)) {
       alpha_ *= af;
       detail::dual_matvec(s_.data(), m, n, khat_.data(), q.data(), sk_.data(), sq_.data());
@@ -166,6 +186,7 @@ class VlaState {
   Scalar stab_eps_{}, refresh_eps_{}, denom_eps_{}, inv_sqrt_dk_{};
   // Scratch vectors: the step allocates nothing.
   VectorType uhat_, khat_, alpha_, sk_, sq_, e_;
+  VlaStepFactors<Scalar> last_;  // the last step's factors (last_factors)
 };
 
 }  // namespace vla

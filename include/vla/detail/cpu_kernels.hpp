@@ -12,7 +12,10 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define VLA_UNROLL  // nvcc's host pass warns on GCC's pragma (#1675); CPU speed from .cu files is secondary
@@ -22,6 +25,14 @@
 #define VLA_UNROLL _Pragma("unroll")
 #else
 #define VLA_UNROLL
+#endif
+
+// Each sweep block is compiled on its own (not inlined into its caller): inlined, GCC 12 rewrote some
+// of them into scalar code (8× slower) depending on the caller.
+#if defined(__GNUC__) || defined(__clang__)
+#define VLA_KERNEL_NOINLINE __attribute__((noinline))
+#else
+#define VLA_KERNEL_NOINLINE inline
 #endif
 
 namespace vla {
@@ -104,6 +115,103 @@ inline void rank1_update(T* __restrict m, Index rows, Index cols, const T* __res
   if (r + 8 <= rows) rank1_update_block<8>(m + r, rows, cols, a + r, b), r += 8;
   for (; r < rows; ++r)
     for (Index j = 0; j < cols; ++j) m[r + j * rows] += a[r] * b[j];
+}
+
+/// Σᵢ c[i]·y[i] over one row block of R entries, in lanes of one vector register (no reordering of
+/// a serial sum is needed, so it vectorises without -ffast-math), then a fixed halving tree.
+template <int R, class T>
+inline T block_dot(const T* __restrict c, const T* __restrict y) {
+  constexpr int L = R < int(64 / sizeof(T)) ? R : int(64 / sizeof(T));
+  T acc[L];
+  VLA_UNROLL for (int l = 0; l < L; ++l) acc[l] = c[l] * y[l];
+  for (int i = L; i < R; i += L) VLA_UNROLL for (int l = 0; l < L; ++l) acc[l] += c[i + l] * y[i + l];
+  VLA_UNROLL for (int w = L / 2; w >= 1; w /= 2) VLA_UNROLL for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+/// The backward's column sweep (docs/maths.md §9d) over rows [0, R) of a column-major M with
+/// leading dimension ld: for each column j, with the column's old values when !UpdateFirst and its
+/// new ones when UpdateFirst,
+///   ox[x][i] = Σ_j M[i, j]·xs[x][j]        (NX products M·x, written)
+///   oy[y][j] += Σ_i M[i, j]·ys[y][i]       (NY products Mᵀy, added: row blocks add their parts)
+/// and the rank-NU update M[i, j] += Σ_u ua[u][i]·ub[u][j]. Every element of M is loaded once and,
+/// with NU > 0, stored once.
+template <int R, int NU, int NX, int NY, bool UpdateFirst, class T>
+VLA_KERNEL_NOINLINE void sweep_block(T* __restrict m, Index ld, Index cols, const T* const* ua, const T* const* ub,
+                        const T* const* xs, T* const* ox, const T* const* ys, T* const* oy) {
+  // Written as matvec_block and rank1_update_block are: flat accumulator arrays, the column read in
+  // place, and the update in its own loop over the columns (the block is in L1 by then). A copy of
+  // the column into a local array became a memcpy and put every accumulator on the stack, and an
+  // update fused into the products' loop was compiled to scalar code in some callers (5–10× slower).
+  constexpr int U = NU ? NU : 1, X = NX ? NX : 1, Y = NY ? NY : 1;
+  T ar[U * R], acc[X * R], yr[Y * R];
+  VLA_UNROLL for (int u = 0; u < NU; ++u) VLA_UNROLL for (int i = 0; i < R; ++i) ar[u * R + i] = ua[u][i];
+  VLA_UNROLL for (int x = 0; x < X * R; ++x) acc[x] = T(0);
+  VLA_UNROLL for (int y = 0; y < NY; ++y) VLA_UNROLL for (int i = 0; i < R; ++i) yr[y * R + i] = ys[y][i];
+  auto update = [&] {
+    for (Index j = 0; j < cols; ++j) {
+      T* __restrict c = m + j * ld;
+      VLA_UNROLL for (int u = 0; u < NU; ++u) {
+        const T b = ub[u][j];
+        VLA_UNROLL for (int i = 0; i < R; ++i) c[i] += ar[u * R + i] * b;
+      }
+    }
+  };
+  if (NU && UpdateFirst) update();
+  if (NX || NY) {
+    for (Index j = 0; j < cols; ++j) {
+      const T* __restrict c = m + j * ld;
+      VLA_UNROLL for (int x = 0; x < NX; ++x) {
+        const T b = xs[x][j];
+        VLA_UNROLL for (int i = 0; i < R; ++i) acc[x * R + i] += c[i] * b;
+      }
+      VLA_UNROLL for (int y = 0; y < NY; ++y) oy[y][j] += block_dot<R>(c, yr + y * R);
+    }
+  }
+  if (NU && !UpdateFirst) update();
+  VLA_UNROLL for (int x = 0; x < NX; ++x) VLA_UNROLL for (int i = 0; i < R; ++i) ox[x][i] = acc[x * R + i];
+}
+
+/// sweep_block over all rows of the rows × cols column-major M (row blocks of 64/32/16/8, then one
+/// row at a time). The oy outputs (cols entries each) are zeroed first.
+template <int NU, int NX, int NY, bool UpdateFirst, class T>
+inline void sweep(T* m, Index rows, Index cols, std::initializer_list<const T*> ua_l,
+                  std::initializer_list<const T*> ub_l, std::initializer_list<const T*> xs_l,
+                  std::initializer_list<T*> ox_l, std::initializer_list<const T*> ys_l, std::initializer_list<T*> oy_l) {
+  const T* ua[NU ? NU : 1] = {};
+  const T* ub[NU ? NU : 1] = {};
+  const T* xs[NX ? NX : 1] = {};
+  T* ox[NX ? NX : 1] = {};
+  const T* ys[NY ? NY : 1] = {};
+  T* oy[NY ? NY : 1] = {};
+  std::copy(ua_l.begin(), ua_l.end(), ua);
+  std::copy(ub_l.begin(), ub_l.end(), ub);
+  std::copy(xs_l.begin(), xs_l.end(), xs);
+  std::copy(ox_l.begin(), ox_l.end(), ox);
+  std::copy(ys_l.begin(), ys_l.end(), ys);
+  std::copy(oy_l.begin(), oy_l.end(), oy);
+  for (int y = 0; y < NY; ++y) std::fill(oy[y], oy[y] + cols, T(0));
+  // Per row block, the update and the products as two instantiations (one with NU = 0, one with
+  // NX = NY = 0): GCC 12 compiled some mixed ones (NU = 1 with NX = 2, NU = 2 with NX = NY = 1) to
+  // code 8× slower than the two halves together, even with the update in its own loop.
+  auto block = [&](auto rr, Index r) {
+    constexpr int R = decltype(rr)::value;
+    const T* uo[NU ? NU : 1];
+    const T* yo[NY ? NY : 1];
+    T* xo[NX ? NX : 1];
+    for (int u = 0; u < NU; ++u) uo[u] = ua[u] + r;
+    for (int y = 0; y < NY; ++y) yo[y] = ys[y] + r;
+    for (int x = 0; x < NX; ++x) xo[x] = ox[x] + r;
+    if (NU && UpdateFirst) sweep_block<R, NU, 0, 0, false>(m + r, rows, cols, uo, ub, xs, xo, yo, oy);
+    if (NX || NY) sweep_block<R, 0, NX, NY, false>(m + r, rows, cols, uo, ub, xs, xo, yo, oy);
+    if (NU && !UpdateFirst) sweep_block<R, NU, 0, 0, false>(m + r, rows, cols, uo, ub, xs, xo, yo, oy);
+  };
+  Index r = 0;
+  for (; r + 64 <= rows; r += 64) block(std::integral_constant<int, 64>{}, r);
+  if (r + 32 <= rows) block(std::integral_constant<int, 32>{}, r), r += 32;
+  if (r + 16 <= rows) block(std::integral_constant<int, 16>{}, r), r += 16;
+  if (r + 8 <= rows) block(std::integral_constant<int, 8>{}, r), r += 8;
+  for (; r < rows; ++r) block(std::integral_constant<int, 1>{}, r);
 }
 
 /// aᵀb, vectorised by Eigen (a plain loop's reduction cannot be reordered without -ffast-math).
