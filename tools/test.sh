@@ -9,3 +9,10 @@ build=${BUILD_DIR:-build-test}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "$@"
 cmake --build "$build" -j"$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j"$(nproc)"
+# vla_torch (python/): its tests need torch and pytest, which the steps above do not install; where
+# both are importable (e.g. the device machine with pytest added) they run, elsewhere they are skipped.
+if python3 -c "import torch, pytest" 2>/dev/null; then
+  python3 -m pytest python/tests -q
+else
+  echo "python/tests (vla_torch): skipped, torch or pytest not importable here"
+fi

@@ -1,0 +1,115 @@
+"""vla_torch: vla's VLA recurrence (docs/maths.md §2) as a PyTorch operator with autograd.
+
+    import vla_torch
+    o, (A, S, z, steps) = vla_torch.vla(q, k, v, u)          # q, k, u [B, T, H, dk], v [B, T, H, dv]
+    o.sum().backward()                                        # gradients through vla's backward (§9)
+
+The operators are ``torch.ops.vla.vla_forward`` and ``torch.ops.vla.vla_backward`` (TORCH_LIBRARY
+"vla", csrc/ops.cpp), CPU tensors in float32 or float64, run by vla's Eigen backend; autograd and
+fake (meta) kernels are registered here, so ``torch.library.opcheck`` and ``torch.compile`` can trace
+them. q, k and u are used as given: apply the feature map (ELU + 1 on q and k, as the paper's layer
+does) before the call. The extension is the one ``pip install ./python`` built (vla_torch._C), or,
+failing that, compiled on first import by ``torch.utils.cpp_extension.load`` (needs a C++17
+compiler, ninja and Eigen's headers: ``VLA_EIGEN_INCLUDE``, default /usr/include/eigen3).
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+_here = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_extension():
+    try:
+        from . import _C  # noqa: F401  (built by setup.py; registers the operators on import)
+        return
+    except ImportError:
+        pass
+    from torch.utils.cpp_extension import load
+
+    repo_include = os.environ.get("VLA_INCLUDE", os.path.join(_here, "..", "..", "include"))
+    eigen = os.environ.get("VLA_EIGEN_INCLUDE", "/usr/include/eigen3")
+    load(
+        name="vla_torch_ops",
+        sources=[os.path.join(_here, "csrc", "ops.cpp")],
+        extra_include_paths=[os.path.abspath(repo_include), eigen],
+        extra_cflags=["-O3"],  # the standard is torch's own (C++17 or C++20); vla builds with both
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+_load_extension()
+
+
+@dataclass(frozen=True)
+class Config:
+    """vla::Config (include/vla/config.hpp): the paper's final configuration by default."""
+
+    lambda0: float = 0.1
+    stab_eps: float = 1e-4
+    refresh_period: int = 20
+    refresh_eps: float = 1e-3
+    denom_eps: float = 1e-4
+    normalize_output: bool = True
+
+    def args(self):
+        return (float(self.lambda0), float(self.stab_eps), int(self.refresh_period), float(self.refresh_eps),
+                float(self.denom_eps), bool(self.normalize_output))
+
+
+def _state_shapes(q, v, cu_seqlens):
+    n = q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    h, dk, dv = q.shape[2], q.shape[3], v.shape[3]
+    return (n, h, dk, dk), (n, h, dv, dk), (n, h, dk), (n, h)
+
+
+@torch.library.register_fake("vla::vla_forward")
+def _forward_fake(q, k, v, u, cu_seqlens, A0, S0, z0, steps0, lambda0, stab_eps, refresh_period, refresh_eps,
+                  denom_eps, normalize_output):
+    a, s, z, st = _state_shapes(q, v, cu_seqlens)
+    o = q.new_empty(q.shape[:3] + (v.shape[3],))
+    return o, q.new_empty(a), q.new_empty(s), q.new_empty(z), q.new_empty(st, dtype=torch.int64)
+
+
+@torch.library.register_fake("vla::vla_backward")
+def _backward_fake(q, k, v, u, cu_seqlens, A0, S0, z0, steps0, d_o, dA, dS, dz, lambda0, stab_eps, refresh_period,
+                   refresh_eps, denom_eps, normalize_output):
+    a, s, z, _ = _state_shapes(q, v, cu_seqlens)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(u), q.new_empty(a),
+            q.new_empty(s), q.new_empty(z))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*(x if isinstance(x, torch.Tensor) else None for x in inputs[:9]))
+    ctx.config = inputs[9:]
+    ctx.has_state = inputs[5] is not None
+
+
+def _forward_backward(ctx, d_o, dA, dS, dz, d_steps):
+    q, k, v, u, cu, A0, S0, z0, steps0 = ctx.saved_tensors
+    dq, dk, dv, du, dA0, dS0, dz0 = torch.ops.vla.vla_backward(
+        q, k, v, u, cu, A0, S0, z0, steps0, d_o.contiguous() if d_o is not None else torch.zeros_like(v),
+        dA, dS, dz, *ctx.config)
+    state_grads = (dA0, dS0, dz0) if ctx.has_state else (None, None, None)
+    return (dq, dk, dv, du, None) + state_grads + (None,) + (None,) * 6
+
+
+torch.library.register_autograd("vla::vla_forward", _forward_backward, setup_context=_setup_context)
+
+
+def vla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
+        initial_state: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+        cu_seqlens: Optional[torch.Tensor] = None, config: Config = Config()):
+    """The VLA recurrence over q, k, u [B, T, H, dk] and v [B, T, H, dv] (with cu_seqlens: B = 1 and
+    the sequences packed on T). Returns o [B, T, H, dv] and the final state (A, S, z, steps), each
+    [N, H, …]; initial_state is the same tuple (None: fresh, A = I/λ0). Differentiable in q, k, v, u
+    and the initial state's A, S, z (docs/maths.md §9: dA is the symmetric gradient)."""
+    A0, S0, z0, steps0 = initial_state if initial_state is not None else (None, None, None, None)
+    o, A, S, z, steps = torch.ops.vla.vla_forward(q, k, v, u, cu_seqlens, A0, S0, z0, steps0, *config.args())
+    return o, (A, S, z, steps)
+
+
+__all__ = ["Config", "vla"]
