@@ -165,3 +165,22 @@ def test_bad_input_is_refused():
         vla_torch.vla(bad, k, v, u)
     with pytest.raises(RuntimeError, match="lambda0"):
         vla_torch.vla(q, k, v, u, config=vla_torch.Config(lambda0=-1.0))
+
+
+def test_torch_compile_traces_the_op():
+    q, k, v, u = (x.clone().requires_grad_() for x in inputs(B=1, T=6, H=2, dk=4, dv=3))
+
+    def f(q, k, v, u):
+        o, (A, S, z, _) = vla_torch.vla(q, k, v, u)
+        return (o * o).sum() + S.sum()
+
+    eager = f(q, k, v, u)
+    eager.backward()
+    ge = [x.grad.clone() for x in (q, k, v, u)]
+    for x in (q, k, v, u):
+        x.grad = None
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v, u)
+    compiled.backward()
+    assert torch.equal(compiled, eager)
+    for a, b in zip((q, k, v, u), ge):
+        assert torch.equal(a.grad, b)

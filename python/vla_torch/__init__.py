@@ -6,7 +6,7 @@
 
 The operators are ``torch.ops.vla.vla_forward`` and ``torch.ops.vla.vla_backward`` (TORCH_LIBRARY
 "vla", csrc/ops.cpp), CPU tensors in float32 or float64, run by vla's Eigen backend; autograd and
-fake (meta) kernels are registered here, so ``torch.library.opcheck`` and ``torch.compile`` can trace
+fake (meta) kernels are registered here, so ``torch.library.opcheck`` passes and ``torch.compile`` traces
 them. q, k and u are used as given: apply the feature map (ELU + 1 on q and k, as the paper's layer
 does) before the call. The extension is the one ``pip install ./python`` built (vla_torch._C), or,
 failing that, compiled on first import by ``torch.utils.cpp_extension.load`` (needs a C++17
