@@ -184,3 +184,27 @@ def test_torch_compile_traces_the_op():
     assert torch.equal(compiled, eager)
     for a, b in zip((q, k, v, u), ge):
         assert torch.equal(a.grad, b)
+
+
+def test_layer_is_the_authors_composition_with_their_names():
+    torch.manual_seed(3)
+    layer = vla_torch.VLAAttention(d_model=8, n_heads=2).double()
+    # vla::io::AttentionNames::authors_multihead: the names vla's C++ weight reader looks for.
+    assert sorted(layer.state_dict()) == sorted(
+        ["Wq.weight", "Wq.bias", "Wk.weight", "Wk.bias", "Wv.weight", "Wv.bias", "Wu.weight", "Wo.weight",
+         "Wo.bias", "norm_o.weight", "norm_o.bias"])
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    y, (A, S, z, steps) = layer(x)
+    heads = (2, 5, 2, 4)
+    k_raw = layer.Wk(x)
+    q = (torch.nn.functional.elu(layer.Wq(x)) + 1).reshape(heads)
+    k = (torch.nn.functional.elu(k_raw) + 1).reshape(heads)
+    o, *_ = reference(q, k, layer.Wv(x).reshape(heads), layer.Wu(k_raw).reshape(heads))
+    want = layer.Wo(layer.norm_o(o.reshape(2, 5, 8)))
+    assert rel(y, want) < 1e-12
+    # Streaming: the state carries over (two halves give the whole).
+    y1, st = layer(x[:, :3])
+    y2, _ = layer(x[:, 3:], st)
+    assert rel(torch.cat([y1, y2], dim=1), y) < 1e-13
+    (y * y).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

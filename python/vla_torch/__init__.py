@@ -112,4 +112,40 @@ def vla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
     return o, (A, S, z, steps)
 
 
-__all__ = ["Config", "vla"]
+class VLAAttention(torch.nn.Module):
+    """The multi-head VLA layer as the authors' VLAv3Attn (notebooks/07) computes it and as vla's C++
+    layer does (include/vla/layers/attention.hpp, docs/layers.md): q = ELU(Wq x) + 1, k_raw = Wk x,
+    k = ELU(k_raw) + 1, v = Wv x, u = Wu k_raw (all heads' raw keys, no bias), split into heads; the
+    op; heads merged; norm_o (LayerNorm); Wo. Parameter names are theirs, the names vla's C++ weight
+    reader looks for (vla::io::AttentionNames::authors_multihead), so a state_dict loads either way
+    (checked here: names and the composition; not yet a round trip through the C++ reader).
+
+    forward(x [B, T, d_model], state=None) -> (y [B, T, d_model], state): `state` is the op's
+    (A, S, z, steps), [B, H, …], to continue a stream."""
+
+    def __init__(self, d_model: int, n_heads: int, config: Config = Config(), norm_eps: float = 1e-5):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError("vla_torch.VLAAttention: d_model must be a multiple of n_heads")
+        self.d_model, self.n_heads, self.config = d_model, n_heads, config
+        self.Wq = torch.nn.Linear(d_model, d_model)
+        self.Wk = torch.nn.Linear(d_model, d_model)
+        self.Wv = torch.nn.Linear(d_model, d_model)
+        self.Wu = torch.nn.Linear(d_model, d_model, bias=False)
+        self.norm_o = torch.nn.LayerNorm(d_model, eps=norm_eps)
+        self.Wo = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, state=None):
+        B, T, _ = x.shape
+        heads = (B, T, self.n_heads, self.d_model // self.n_heads)
+        k_raw = self.Wk(x)
+        q = torch.nn.functional.elu(self.Wq(x)) + 1
+        k = torch.nn.functional.elu(k_raw) + 1
+        v = self.Wv(x)
+        u = self.Wu(k_raw)
+        o, state = vla(q.reshape(heads), k.reshape(heads), v.reshape(heads), u.reshape(heads),
+                       initial_state=state, config=self.config)
+        return self.Wo(self.norm_o(o.reshape(B, T, self.d_model))), state
+
+
+__all__ = ["Config", "VLAAttention", "vla"]
