@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <initializer_list>
+#include <cmath>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -244,6 +245,50 @@ void BM_SingleHeadBaseline(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * T);
 }
 
+// The batched API's backward (vla::backward<Cpu, Op>, what a model calls) beside its forward, same
+// buffers: one sequence of T tokens, H heads, dk = dv, one thread, every gradient asked for.
+// Arguments: dk, H, T, mode (0 = forward, 1 = backward).
+template <class Op>
+void BM_Batched(benchmark::State& state) {
+  const std::int64_t dk = state.range(0), heads = state.range(1), t = state.range(2);
+  const bool backward = state.range(3) != 0;
+  Buffers b = make_buffers(heads, t, dk);
+  for (float& x : b.q) x = std::exp(x);  // positive features, as after ELU + 1
+  for (float& x : b.k) x = std::exp(x);
+  vla::ForwardArgs<float> a;
+  a.batch = 1;
+  a.seq_len = t;
+  a.heads = heads;
+  a.dk = a.dv = dk;
+  a.q = b.q.data();
+  a.k = b.k.data();
+  a.v = b.v.data();
+  a.u = b.u.data();
+  a.beta = b.beta.data();
+  a.o = b.o.data();
+  std::vector<float> d_o(b.o.size(), 0.5f), dq(b.q.size()), dkk(b.k.size()), dv(b.v.size()), du(b.u.size()),
+      dbeta(b.beta.size());
+  vla::GradArgs<float> g;
+  g.d_o = d_o.data();
+  g.d_q = dq.data();
+  g.d_k = dkk.data();
+  g.d_v = dv.data();
+  if (std::is_same<Op, vla::op::Vla>::value) g.d_u = du.data();
+  if (std::is_same<Op, vla::op::DeltaNet>::value) g.d_beta = dbeta.data();
+  const vla::Config cfg;
+  vla::CpuOptions opt;
+  opt.threads = 1;
+  opt.path = vla::Path::recurrent;
+  for (auto _ : state) {
+    if (backward)
+      vla::backward<vla::backend::Cpu, Op>(a, g, cfg, opt);
+    else
+      vla::forward<vla::backend::Cpu, Op>(a, cfg, opt);
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * heads * t);
+}
+
 }  // namespace
 
 BENCHMARK_TEMPLATE(BM_SingleHeadBaseline, vla::op::LinearAttention)
@@ -259,6 +304,21 @@ BENCHMARK_TEMPLATE(BM_SingleHeadBaseline, vla::op::DeltaNet)
 BENCHMARK(BM_SingleHeadVla)
     ->ArgsProduct({{32, 64}, {2048}, {0, 1, 2}})
     ->ArgNames({"dk", "T", "backward"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Batched, vla::op::Vla)
+    ->ArgsProduct({{64}, {4}, {2048}, {0, 1}})
+    ->ArgNames({"dk", "H", "T", "backward"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Batched, vla::op::LinearAttention)
+    ->ArgsProduct({{64}, {4}, {2048}, {0, 1}})
+    ->ArgNames({"dk", "H", "T", "backward"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Batched, vla::op::DeltaNet)
+    ->ArgsProduct({{64}, {4}, {2048}, {0, 1}})
+    ->ArgNames({"dk", "H", "T", "backward"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_EigenGemm)->Arg(256)->Arg(512)->Unit(benchmark::kMillisecond);

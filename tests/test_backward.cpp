@@ -234,7 +234,7 @@ TEST_CASE("backward: a roll-back that drifts too far is run again from its check
   const vla::VlaState<double> st(p.init, p.cfg);
   vla::VlaBackwardStats sr, s0;
   const auto r = vla::vla_backward<double>(st, p.Q, p.K, p.V, p.U, p.dO, &p.dfin, 8, &sr, vla::BackwardStates::recompute);
-  const auto z = vla::detail::vla_backward_impl<double>(st, p.Q, p.K, p.V, p.U, p.dO, &p.dfin, 8, &s0,
+  const auto z = vla::detail::vla_backward_rows<double>(st, p.Q, p.K, p.V, p.U, p.dO, &p.dfin, 8, &s0,
                                                         vla::BackwardStates::roll_back, 0.0);
   CHECK(s0.redone_blocks == 7);
   CHECK(s0.recomputed_blocks == 7);

@@ -378,30 +378,28 @@ std::int64_t checkpointed_reverse(const State& start, Eigen::Index T, Eigen::Ind
 }  // namespace detail
 
 namespace detail {
-/// vla_backward with the roll-back's drift tolerance as a parameter (the public overloads pass
-/// kRollBackTolerance; the tests pass 0 to run every block again).
+/// A head's tokens as the columns of a d × T matrix, each token's vectors contiguous and the columns
+/// any distance apart: a plain matrix, or a view of the batched layout [tokens, H, d] (stride H·d).
 template <class Scalar>
-VlaGradients<Scalar> vla_backward_impl(const VlaState<Scalar>& start, const Matrix<Scalar>& Q, const Matrix<Scalar>& K,
-                                       const Matrix<Scalar>& V, const Matrix<Scalar>& U, const Matrix<Scalar>& dO,
-                                       const VlaSnapshot<Scalar>* d_final, Eigen::Index checkpoint,
-                                       VlaBackwardStats* stats_out, BackwardStates states, double tolerance) {
-  const Eigen::Index T = Q.rows(), n = start.dk(), m = start.dv();
-  check_backward_rows<Scalar>("vla_backward", n, m, checkpoint, Q, K, V, &U, dO);
-  auto need = [](bool ok, const char* what) {
-    if (!ok) throw std::invalid_argument(std::string("vla::vla_backward: ") + what);
-  };
-  if (d_final) {
-    need(d_final->A.rows() == n && d_final->A.cols() == n && d_final->S.rows() == m && d_final->S.cols() == n &&
-             d_final->z.size() == n,
-         "d_final must be shaped like the state (dk × dk, dv × dk, dk)");
-    need(d_final->A.allFinite() && d_final->S.allFinite() && d_final->z.allFinite(), "d_final must be finite");
-  }
+using TokenColumns = Eigen::Ref<const Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+template <class Scalar>
+using GradColumns = Eigen::Ref<Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+
+/// vla_backward on token columns, with the roll-back's drift tolerance as a parameter (vla_backward
+/// passes kRollBackTolerance; the tests pass 0 to run every block again). Nothing is validated here:
+/// the callers have (vla_backward the rows and d_final; the batched backward every buffer, before
+/// its workers start). Writes the token gradients' columns (gqc … guc: dk × T, dv × T) and returns
+/// the gradient of the initial state (dA0 symmetric).
+template <class Scalar>
+VlaSnapshot<Scalar> vla_backward_columns(const VlaState<Scalar>& start, TokenColumns<Scalar> Qc, TokenColumns<Scalar> Kc,
+                                         TokenColumns<Scalar> Vc, TokenColumns<Scalar> Uc, TokenColumns<Scalar> dOc,
+                                         const VlaSnapshot<Scalar>* d_final, Eigen::Index checkpoint,
+                                         VlaBackwardStats* stats_out, BackwardStates states, double tolerance,
+                                         GradColumns<Scalar> gqc, GradColumns<Scalar> gkc, GradColumns<Scalar> gvc,
+                                         GradColumns<Scalar> guc) {
+  const Eigen::Index T = Qc.cols(), n = start.dk(), m = start.dv();
   const Config& cfg = start.config();
 
-  // Tokens as columns (one transpose each): every pass reads a token's vectors contiguously, where a
-  // row of a column-major T×d matrix is d loads T apart.
-  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), Uc = U.transpose(),
-                       dOc = dO.transpose();
   Vector<Scalar> o(m);
   auto step = [&](VlaState<Scalar>& st, Eigen::Index t) { st.step_unchecked(Qc.col(t), Kc.col(t), Vc.col(t), Uc.col(t), o); };
 
@@ -415,10 +413,8 @@ VlaGradients<Scalar> vla_backward_impl(const VlaState<Scalar>& start, const Matr
     rec.keep(st, t);
   }
 
-  VlaGradients<Scalar> g;
   VlaBackwardStats stats;
   stats.checkpoints = static_cast<std::int64_t>(ckpt.size());
-  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T), guc(n, T);  // token columns, transposed at the end
   Matrix<Scalar> G = d_final ? Matrix<Scalar>((d_final->A + d_final->A.transpose()) / Scalar(2))
                              : Matrix<Scalar>::Zero(n, n);  // sym(Ā): all the adjoint uses of Ā (§9d)
   Matrix<Scalar> gS = d_final ? d_final->S : Matrix<Scalar>::Zero(m, n);
@@ -488,15 +484,39 @@ VlaGradients<Scalar> vla_backward_impl(const VlaState<Scalar>& start, const Matr
     }
     h.set(c);  // the kept state, exactly: the next block's state after its last step
   }
+  if (stats_out) *stats_out = stats;
+  return VlaSnapshot<Scalar>{G, gS, gz, start.steps()};
+}
+
+/// vla_backward's checks, then vla_backward_columns on the rows turned into columns (one transpose
+/// each: every pass reads a token's vectors contiguously, where a row of a column-major T × d matrix
+/// is d loads T apart) and the gradients turned back.
+template <class Scalar>
+VlaGradients<Scalar> vla_backward_rows(const VlaState<Scalar>& start, const Matrix<Scalar>& Q, const Matrix<Scalar>& K,
+                                       const Matrix<Scalar>& V, const Matrix<Scalar>& U, const Matrix<Scalar>& dO,
+                                       const VlaSnapshot<Scalar>* d_final, Eigen::Index checkpoint,
+                                       VlaBackwardStats* stats_out, BackwardStates states, double tolerance) {
+  const Eigen::Index T = Q.rows(), n = start.dk(), m = start.dv();
+  check_backward_rows<Scalar>("vla_backward", n, m, checkpoint, Q, K, V, &U, dO);
+  auto need = [](bool ok, const char* what) {
+    if (!ok) throw std::invalid_argument(std::string("vla::vla_backward: ") + what);
+  };
+  if (d_final) {
+    need(d_final->A.rows() == n && d_final->A.cols() == n && d_final->S.rows() == m && d_final->S.cols() == n &&
+             d_final->z.size() == n,
+         "d_final must be shaped like the state (dk × dk, dv × dk, dk)");
+    need(d_final->A.allFinite() && d_final->S.allFinite() && d_final->z.allFinite(), "d_final must be finite");
+  }
+  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), Uc = U.transpose(),
+                       dOc = dO.transpose();
+  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T), guc(n, T);
+  VlaGradients<Scalar> g;
+  g.d_initial = vla_backward_columns<Scalar>(start, Qc, Kc, Vc, Uc, dOc, d_final, checkpoint, stats_out, states,
+                                             tolerance, gqc, gkc, gvc, guc);
   g.dq = gqc.transpose();
   g.dk = gkc.transpose();
   g.dv = gvc.transpose();
   g.du = guc.transpose();
-  g.d_initial.A = G;
-  g.d_initial.S = gS;
-  g.d_initial.z = gz;
-  g.d_initial.steps = start.steps();
-  if (stats_out) *stats_out = stats;
   return g;
 }
 }  // namespace detail
@@ -531,8 +551,8 @@ VlaGradients<Scalar> vla_backward(const VlaState<Scalar>& start, const Matrix<Sc
                                   const VlaSnapshot<Scalar>* d_final = nullptr, Eigen::Index checkpoint = 64,
                                   VlaBackwardStats* stats_out = nullptr,
                                   BackwardStates states = BackwardStates::roll_back) {
-  return detail::vla_backward_impl<Scalar>(start, Q, K, V, U, dO, d_final, checkpoint, stats_out, states,
-                                         kRollBackTolerance<Scalar>());
+  return detail::vla_backward_rows<Scalar>(start, Q, K, V, U, dO, d_final, checkpoint, stats_out, states,
+                                          kRollBackTolerance<Scalar>());
 }
 
 /// The same from a snapshot: validates it as a VlaState does (symmetric, positive diagonal, and

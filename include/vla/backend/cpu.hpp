@@ -354,16 +354,24 @@ struct BackendTraits<backend::Cpu> {
         const auto [first, len] = token_span(a.cu_seqlens, a.seq_len, p / a.heads);
         const std::int64_t xk = (first * a.heads + h) * a.dk, xv = (first * a.heads + h) * a.dv;
         const Eigen::OuterStride<> sk(a.heads * a.dk), sv(a.heads * a.dv);
-        // One head's rows, strided in [tokens, H, d], gathered into the single-head routine's matrices.
-        const Matrix<Scalar> Q = RowsC(a.q + xk, len, a.dk, sk), K = RowsC(a.k + xk, len, a.dk, sk),
-                             V = RowsC(a.v + xv, len, a.dv, sv), dO = RowsC(g.d_o + xv, len, a.dv, sv);
         const auto& st = states[static_cast<std::size_t>(p)];
         const Matrix<Scalar> dS = has_dfinal ? Matrix<Scalar>(detail::CRowMat<Scalar>(g.d_final_state.S + p * a.dv * a.dk, a.dv, a.dk))
                                              : Matrix<Scalar>();
         Matrix<Scalar> dq, dk, dv, dS0;
         Vector<Scalar> dz0;
         if constexpr (std::is_same<Op, op::Vla>::value) {
-          const Matrix<Scalar> U = RowsC(a.u + xk, len, a.dk, sk);
+          // One head's tokens are the columns of a d × len view of [tokens, H, d] (columns H·d apart):
+          // the single-head backward reads them and writes its gradients there, no copy (every buffer
+          // was validated above, before the workers started).
+          using ColsC = Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+          using Cols = Eigen::Map<Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+          const ColsC Qc(a.q + xk, a.dk, len, sk), Kc(a.k + xk, a.dk, len, sk), Uc(a.u + xk, a.dk, len, sk),
+              Vc(a.v + xv, a.dv, len, sv), dOc(g.d_o + xv, a.dv, len, sv);
+          Matrix<Scalar> spare_k, spare_v;  // for the gradients not asked for
+          if (!g.d_q || !g.d_k || !g.d_u) spare_k.resize(a.dk, len);
+          if (!g.d_v) spare_v.resize(a.dv, len);
+          const Eigen::OuterStride<> spk(a.dk), spv(a.dv);
+          auto out_k = [&](Scalar* base) { return base ? Cols(base + xk, a.dk, len, sk) : Cols(spare_k.data(), a.dk, len, spk); };
           VlaSnapshot<Scalar> dfin;
           if (has_dfinal)
             dfin = {detail::CRowMat<Scalar>(g.d_final_state.A + p * a.dk * a.dk, a.dk, a.dk), dS,
@@ -371,12 +379,20 @@ struct BackendTraits<backend::Cpu> {
           // The state checked_states loaded, not a snapshot of it: re-validating here (a VlaState built
           // again, its Cholesky included) would check with other options than the caller's and throw
           // from a worker after other pairs had written (see the comment at checked_states).
-          VlaGradients<Scalar> r = vla_backward<Scalar>(st, Q, K, V, U, dO, has_dfinal ? &dfin : nullptr, checkpoint);
-          if (g.d_u) Rows(g.d_u + xk, len, a.dk, sk) = r.du;
-          if (want_dinit) detail::RowMat<Scalar>(g.d_initial_state.A + p * a.dk * a.dk, a.dk, a.dk) = r.d_initial.A;
-          dq = std::move(r.dq), dk = std::move(r.dk), dv = std::move(r.dv);
-          dS0 = std::move(r.d_initial.S), dz0 = std::move(r.d_initial.z);
+          const VlaSnapshot<Scalar> d0 = detail::vla_backward_columns<Scalar>(
+              st, Qc, Kc, Vc, Uc, dOc, has_dfinal ? &dfin : nullptr, checkpoint, nullptr, BackwardStates::roll_back,
+              kRollBackTolerance<Scalar>(), out_k(g.d_q), out_k(g.d_k),
+              g.d_v ? Cols(g.d_v + xv, a.dv, len, sv) : Cols(spare_v.data(), a.dv, len, spv), out_k(g.d_u));
+          if (want_dinit) {
+            detail::RowMat<Scalar>(g.d_initial_state.A + p * a.dk * a.dk, a.dk, a.dk) = d0.A;
+            detail::RowMat<Scalar>(g.d_initial_state.S + p * a.dv * a.dk, a.dv, a.dk) = d0.S;
+            detail::MMap<Scalar>(g.d_initial_state.z + p * a.dk, a.dk) = d0.z;
+          }
+          continue;
         } else {
+          // One head's rows, strided in [tokens, H, d], gathered into the single-head routine's matrices.
+          const Matrix<Scalar> Q = RowsC(a.q + xk, len, a.dk, sk), K = RowsC(a.k + xk, len, a.dk, sk),
+                               V = RowsC(a.v + xv, len, a.dv, sv), dO = RowsC(g.d_o + xv, len, a.dv, sv);
           BaselineGradients<Scalar> r;
           if constexpr (std::is_same<Op, op::LinearAttention>::value) {
             const Vector<Scalar> dz = has_dfinal ? Vector<Scalar>(detail::CMap<Scalar>(g.d_final_state.z + p * a.dk, a.dk))
