@@ -78,6 +78,22 @@ Buffers make_buffers(std::int64_t bh, std::int64_t t, std::int64_t dk) {
   return b;
 }
 
+// One sequence of t tokens over `heads` heads in b's buffers, dk = dv (the layout of vla/layout.hpp).
+vla::ForwardArgs<float> args_over(Buffers& b, std::int64_t heads, std::int64_t t, std::int64_t dk) {
+  vla::ForwardArgs<float> a;
+  a.batch = 1;
+  a.seq_len = t;
+  a.heads = heads;
+  a.dk = a.dv = dk;
+  a.q = b.q.data();
+  a.k = b.k.data();
+  a.v = b.v.data();
+  a.u = b.u.data();
+  a.beta = b.beta.data();
+  a.o = b.o.data();
+  return a;
+}
+
 template <class Op>
 double flops_per_token(std::int64_t dk) {
   if (std::is_same<Op, vla::op::Vla>::value) return vla_bench::vla_flops_per_token(dk);
@@ -105,17 +121,7 @@ void BM_Forward(benchmark::State& state) {
   opt.path = chunked ? vla::Path::chunked : vla::Path::recurrent;
   opt.chunk = kChunk;
   Buffers b = make_buffers(bh, t, dk);
-  vla::ForwardArgs<float> a;
-  a.batch = 1;
-  a.seq_len = t;
-  a.heads = bh;
-  a.dk = a.dv = dk;
-  a.q = b.q.data();
-  a.k = b.k.data();
-  a.v = b.v.data();
-  a.u = b.u.data();
-  a.beta = b.beta.data();
-  a.o = b.o.data();
+  const vla::ForwardArgs<float> a = args_over(b, bh, t, dk);
   const vla::Config cfg;
   const double peak = measure_gemm_peak(3);
   for (auto _ : state) {
@@ -255,17 +261,7 @@ void BM_Batched(benchmark::State& state) {
   Buffers b = make_buffers(heads, t, dk);
   for (float& x : b.q) x = std::exp(x);  // positive features, as after ELU + 1
   for (float& x : b.k) x = std::exp(x);
-  vla::ForwardArgs<float> a;
-  a.batch = 1;
-  a.seq_len = t;
-  a.heads = heads;
-  a.dk = a.dv = dk;
-  a.q = b.q.data();
-  a.k = b.k.data();
-  a.v = b.v.data();
-  a.u = b.u.data();
-  a.beta = b.beta.data();
-  a.o = b.o.data();
+  const vla::ForwardArgs<float> a = args_over(b, heads, t, dk);
   std::vector<float> d_o(b.o.size(), 0.5f), dq(b.q.size()), dkk(b.k.size()), dv(b.v.size()), du(b.u.size()),
       dbeta(b.beta.size());
   vla::GradArgs<float> g;

@@ -84,6 +84,17 @@ double loss(const Problem& p, const vla::VlaSnapshot<double>& init, const MatD& 
 
 double rel(const MatD& got, const MatD& want) { return (got - want).norm() / want.norm(); }
 
+// Every gradient of two VLA backwards, bit for bit.
+void check_same_bits(const vla::VlaGradients<double>& got, const vla::VlaGradients<double>& want) {
+  CHECK(got.dq == want.dq);
+  CHECK(got.dk == want.dk);
+  CHECK(got.dv == want.dv);
+  CHECK(got.du == want.du);
+  CHECK(got.d_initial.A == want.d_initial.A);
+  CHECK(got.d_initial.S == want.d_initial.S);
+  CHECK(got.d_initial.z == want.d_initial.z);
+}
+
 // Central differences of every entry of one input, h relative to the entry's scale.
 template <class Perturb>
 MatD finite_diff(int rows, int cols, Perturb&& at) {
@@ -205,12 +216,7 @@ TEST_CASE("backward: the checkpoint interval changes nothing (recompute) or only
     INFO("checkpoint " << c);
     const auto b = vla::vla_backward<double>(p.init, p.cfg, p.Q, p.K, p.V, p.U, p.dO, &p.dfin, c, nullptr, recompute);
     // The same forward recomputed from any checkpoint gives the same states, hence the same bits.
-    CHECK(b.dq == a.dq);
-    CHECK(b.dk == a.dk);
-    CHECK(b.dv == a.dv);
-    CHECK(b.du == a.du);
-    CHECK(b.d_initial.A == a.d_initial.A);
-    CHECK(b.d_initial.S == a.d_initial.S);
+    check_same_bits(b, a);
     // Undoing the steps instead (the default) rounds differently, by a few ulps of the state per
     // step undone (docs/maths.md §9d): every block rolled back here, none run again.
     const auto r = vla::vla_backward<double>(p.init, p.cfg, p.Q, p.K, p.V, p.U, p.dO, &p.dfin, c, &st, roll_back);
@@ -241,13 +247,7 @@ TEST_CASE("backward: a roll-back that drifts too far is run again from its check
   CHECK(s0.rolled_back_blocks == 0);
   CHECK(s0.floored_steps == sr.floored_steps);
   CHECK(s0.clamped_steps == sr.clamped_steps);
-  CHECK(z.dq == r.dq);
-  CHECK(z.dk == r.dk);
-  CHECK(z.dv == r.dv);
-  CHECK(z.du == r.du);
-  CHECK(z.d_initial.A == r.d_initial.A);
-  CHECK(z.d_initial.S == r.d_initial.S);
-  CHECK(z.d_initial.z == r.d_initial.z);
+  check_same_bits(z, r);
 }
 
 TEST_CASE("backward: blocks with a bound δ clamp are run again from their checkpoint, not undone", "[backward]") {
