@@ -371,7 +371,10 @@ struct BackendTraits<backend::Cpu> {
           if (!g.d_q || !g.d_k || !g.d_u) spare_k.resize(a.dk, len);
           if (!g.d_v) spare_v.resize(a.dv, len);
           const Eigen::OuterStride<> spk(a.dk), spv(a.dv);
-          auto out_k = [&](Scalar* base) { return base ? Cols(base + xk, a.dk, len, sk) : Cols(spare_k.data(), a.dk, len, spk); };
+          const std::int64_t n_tok = len;  // a structured binding cannot be captured by a lambda in C++17 (clang)
+          auto out_k = [&](Scalar* base) {
+            return base ? Cols(base + xk, a.dk, n_tok, sk) : Cols(spare_k.data(), a.dk, n_tok, spk);
+          };
           VlaSnapshot<Scalar> dfin;
           if (has_dfinal)
             dfin = {detail::CRowMat<Scalar>(g.d_final_state.A + p * a.dk * a.dk, a.dk, a.dk), dS,
