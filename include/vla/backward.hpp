@@ -213,7 +213,7 @@ void vla_adjoint_s(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, E
 
   // §2.5 S₂ = S + e α̂ᵀ: ē = S̄₂α̂, α̂̄ = S̄₂ᵀe with S̄₂ = S̄ + p̄ q̃ᵀ (the output's term, added below).
   if (wrote) {
-    sweep<0, 1, 1, false>(gS.data(), m, n, {}, {}, {ah}, {x.ge.data()}, {e}, {x.gah.data()});
+    sweep<0, 1, 1>(gS.data(), m, n, {}, {}, {ah}, {x.ge.data()}, {e}, {x.gah.data()});
     x.ge += x.gp * x.qs.dot(S_(ah, n));
     x.gah += x.qs * x.gp.dot(S_(e, m));
     gv = x.ge;
@@ -228,15 +228,15 @@ void vla_adjoint_s(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, E
   if (wrote) {
     x.nah = -S_(ah, n);
     if (sq_in_sweep)
-      sweep<Roll ? 1 : 0, 2, 1, false>(St, n, m, {x.nah.data()}, {e}, {x.gp.data(), x.ge.data()},
+      sweep<Roll ? 1 : 0, 2, 1>(St, n, m, {x.nah.data()}, {e}, {x.gp.data(), x.ge.data()},
                                        {x.p1.data(), x.t2.data()}, {x.qs.data()}, {x.sqs.data()});
     else
-      sweep<Roll ? 1 : 0, 2, 0, false>(St, n, m, {x.nah.data()}, {e}, {x.gp.data(), x.ge.data()},
+      sweep<Roll ? 1 : 0, 2, 0>(St, n, m, {x.nah.data()}, {e}, {x.gp.data(), x.ge.data()},
                                        {x.p1.data(), x.t2.data()}, {}, {});
   } else if (sq_in_sweep) {
-    sweep<0, 1, 1, false>(St, n, m, {}, {}, {x.gp.data()}, {x.p1.data()}, {x.qs.data()}, {x.sqs.data()});
+    sweep<0, 1, 1>(St, n, m, {}, {}, {x.gp.data()}, {x.p1.data()}, {x.qs.data()}, {x.sqs.data()});
   } else {
-    sweep<0, 1, 0, false>(St, n, m, {}, {}, {x.gp.data()}, {x.p1.data()}, {}, {});
+    sweep<0, 1, 0>(St, n, m, {}, {}, {x.gp.data()}, {x.p1.data()}, {}, {});
   }
   out.finish(h.z, go, x.qs, x.sqs, x.p1, gz, gq);
 
@@ -247,9 +247,9 @@ void vla_adjoint_s(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, E
   // S̄ (before) = S̄₂ − ē k̂ᵀ = S̄ + p̄ q̃ᵀ − ē k̂ᵀ.
   if (wrote) {
     x.nge = -x.ge;
-    sweep<2, 0, 0, false>(gS.data(), m, n, {x.gp.data(), x.nge.data()}, {x.qs.data(), x.kh.data()}, {}, {}, {}, {});
+    sweep<2, 0, 0>(gS.data(), m, n, {x.gp.data(), x.nge.data()}, {x.qs.data(), x.kh.data()}, {}, {}, {}, {});
   } else {
-    sweep<1, 0, 0, false>(gS.data(), m, n, {x.gp.data()}, {x.qs.data()}, {}, {}, {}, {});
+    sweep<1, 0, 0>(gS.data(), m, n, {x.gp.data()}, {x.qs.data()}, {}, {}, {}, {});
   }
   if (Roll) h.z -= k;
 }
@@ -279,7 +279,7 @@ void vla_adjoint_a(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, E
   const Scalar rd = has_u ? std::sqrt(f.delta) : Scalar(1);
   Scalar gdtil = 0;
   if (has_u) {
-    sweep<0, 1, 0, false>(G.data(), n, n, {}, {}, {s}, {x.Gs.data()}, {}, {});
+    sweep<0, 1, 0>(G.data(), n, n, {}, {}, {s}, {x.Gs.data()}, {}, {});
     if (wrote) x.Gs += Scalar(0.5) * (x.galpha * x.kh.dot(S_(s, n)) + x.kh * x.galpha.dot(S_(s, n)));
     const bool clamped = !(f.delta > Scalar(cfg.stab_eps));
     if (clamped) ++stats.clamped_steps;  // the floor binds: no gradient through δ
@@ -290,12 +290,12 @@ void vla_adjoint_a(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, E
   // The A₂ sweep: A₂ᾱ (k̂̄'s term of §2.4) and A₂w̄, then (Roll) A ← A₂ + s sᵀ − ε_r I.
   Scalar* A = h.A.data();
   if (wrote && has_u)
-    sweep<Roll ? 1 : 0, 2, 0, false>(A, n, n, {s}, {s}, {x.galpha.data(), x.gw.data()}, {x.Aga.data(), x.Agw.data()},
+    sweep<Roll ? 1 : 0, 2, 0>(A, n, n, {s}, {s}, {x.galpha.data(), x.gw.data()}, {x.Aga.data(), x.Agw.data()},
                                      {}, {});
   else if (wrote)
-    sweep<0, 1, 0, false>(A, n, n, {}, {}, {x.galpha.data()}, {x.Aga.data()}, {}, {});
+    sweep<0, 1, 0>(A, n, n, {}, {}, {x.galpha.data()}, {x.Aga.data()}, {}, {});
   else if (has_u)
-    sweep<Roll ? 1 : 0, 1, 0, false>(A, n, n, {s}, {s}, {x.gw.data()}, {x.Agw.data()}, {}, {});
+    sweep<Roll ? 1 : 0, 1, 0>(A, n, n, {s}, {s}, {x.gw.data()}, {x.Agw.data()}, {}, {});
   if (Roll && eps_r != Scalar(0)) h.A.diagonal().array() -= eps_r;
 
   // §2.4: k̂̄ = −Sᵀē + A₂ᾱ; k̂ = k/‖k‖ (kf = 1/‖k‖): k̄ += kf·(I − k̂k̂ᵀ) k̂̄.
@@ -319,12 +319,12 @@ void vla_adjoint_a(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, E
     if (wrote) x.h1 = Scalar(0.5) * x.galpha, x.h2 = Scalar(0.5) * x.kh;
     if (has_u) x.h3 = Scalar(0.5) * x.gw, x.h4 = Scalar(0.5) * x.uh;
     if (wrote && has_u)
-      sweep<4, 0, 0, false>(G.data(), n, n, {x.h1.data(), x.h2.data(), x.h3.data(), x.h4.data()},
+      sweep<4, 0, 0>(G.data(), n, n, {x.h1.data(), x.h2.data(), x.h3.data(), x.h4.data()},
                             {x.kh.data(), x.galpha.data(), x.uh.data(), x.gw.data()}, {}, {}, {}, {});
     else if (wrote)
-      sweep<2, 0, 0, false>(G.data(), n, n, {x.h1.data(), x.h2.data()}, {x.kh.data(), x.galpha.data()}, {}, {}, {}, {});
+      sweep<2, 0, 0>(G.data(), n, n, {x.h1.data(), x.h2.data()}, {x.kh.data(), x.galpha.data()}, {}, {}, {}, {});
     else
-      sweep<2, 0, 0, false>(G.data(), n, n, {x.h3.data(), x.h4.data()}, {x.uh.data(), x.gw.data()}, {}, {}, {}, {});
+      sweep<2, 0, 0>(G.data(), n, n, {x.h3.data(), x.h4.data()}, {x.uh.data(), x.gw.data()}, {}, {}, {}, {});
   }
 }
 

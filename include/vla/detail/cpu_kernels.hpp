@@ -130,13 +130,11 @@ inline T block_dot(const T* __restrict c, const T* __restrict y) {
 }
 
 /// The backward's column sweep (docs/maths.md §9d) over rows [0, R) of a column-major M with
-/// leading dimension ld: for each column j, with the column's old values when !UpdateFirst and its
-/// new ones when UpdateFirst,
+/// leading dimension ld: with M's values on entry,
 ///   ox[x][i] = Σ_j M[i, j]·xs[x][j]        (NX products M·x, written)
 ///   oy[y][j] += Σ_i M[i, j]·ys[y][i]       (NY products Mᵀy, added: row blocks add their parts)
-/// and the rank-NU update M[i, j] += Σ_u ua[u][i]·ub[u][j]. Every element of M is loaded once and,
-/// with NU > 0, stored once.
-template <int R, int NU, int NX, int NY, bool UpdateFirst, class T>
+/// then the rank-NU update M[i, j] += Σ_u ua[u][i]·ub[u][j].
+template <int R, int NU, int NX, int NY, class T>
 VLA_KERNEL_NOINLINE void sweep_block(T* __restrict m, Index ld, Index cols, const T* const* ua, const T* const* ub,
                         const T* const* xs, T* const* ox, const T* const* ys, T* const* oy) {
   // Written as matvec_block and rank1_update_block are: flat accumulator arrays, the column read in
@@ -157,7 +155,6 @@ VLA_KERNEL_NOINLINE void sweep_block(T* __restrict m, Index ld, Index cols, cons
       }
     }
   };
-  if (NU && UpdateFirst) update();
   if (NX || NY) {
     for (Index j = 0; j < cols; ++j) {
       const T* __restrict c = m + j * ld;
@@ -168,13 +165,14 @@ VLA_KERNEL_NOINLINE void sweep_block(T* __restrict m, Index ld, Index cols, cons
       VLA_UNROLL for (int y = 0; y < NY; ++y) oy[y][j] += block_dot<R>(c, yr + y * R);
     }
   }
-  if (NU && !UpdateFirst) update();
+  if (NU) update();
   VLA_UNROLL for (int x = 0; x < NX; ++x) VLA_UNROLL for (int i = 0; i < R; ++i) ox[x][i] = acc[x * R + i];
 }
 
 /// sweep_block over all rows of the rows × cols column-major M (row blocks of 64/32/16/8, then one
-/// row at a time). The oy outputs (cols entries each) are zeroed first.
-template <int NU, int NX, int NY, bool UpdateFirst, class T>
+/// row at a time): the products from M on entry, then the update. The oy outputs (cols entries each)
+/// are zeroed first.
+template <int NU, int NX, int NY, class T>
 inline void sweep(T* m, Index rows, Index cols, std::initializer_list<const T*> ua_l,
                   std::initializer_list<const T*> ub_l, std::initializer_list<const T*> xs_l,
                   std::initializer_list<T*> ox_l, std::initializer_list<const T*> ys_l, std::initializer_list<T*> oy_l) {
@@ -202,9 +200,8 @@ inline void sweep(T* m, Index rows, Index cols, std::initializer_list<const T*> 
     for (int u = 0; u < NU; ++u) uo[u] = ua[u] + r;
     for (int y = 0; y < NY; ++y) yo[y] = ys[y] + r;
     for (int x = 0; x < NX; ++x) xo[x] = ox[x] + r;
-    if (NU && UpdateFirst) sweep_block<R, NU, 0, 0, false>(m + r, rows, cols, uo, ub, xs, xo, yo, oy);
-    if (NX || NY) sweep_block<R, 0, NX, NY, false>(m + r, rows, cols, uo, ub, xs, xo, yo, oy);
-    if (NU && !UpdateFirst) sweep_block<R, NU, 0, 0, false>(m + r, rows, cols, uo, ub, xs, xo, yo, oy);
+    if (NX || NY) sweep_block<R, 0, NX, NY>(m + r, rows, cols, uo, ub, xs, xo, yo, oy);
+    if (NU) sweep_block<R, NU, 0, 0>(m + r, rows, cols, uo, ub, xs, xo, yo, oy);
   };
   Index r = 0;
   for (; r + 64 <= rows; r += 64) block(std::integral_constant<int, 64>{}, r);
