@@ -210,12 +210,14 @@ void BM_SingleHeadVla(benchmark::State& state) {
 }
 
 // The baselines the same way: the forward (the state's step, T steps) beside linear_attention_backward
-// / deltanet_backward (checkpoints every 64 steps), one head, float, dk = dv.
+// / deltanet_backward (checkpoints every 64 steps; mode 1 = states undone, the default, 2 = recomputed:
+// docs/maths.md §9e), one head, float, dk = dv.
 template <class Op>
 void BM_SingleHeadBaseline(benchmark::State& state) {
   constexpr bool kLinear = std::is_same<Op, vla::op::LinearAttention>::value;
   const int dk = static_cast<int>(state.range(0)), T = static_cast<int>(state.range(1));
   const bool backward = state.range(2) != 0;
+  const auto states = state.range(2) == 2 ? vla::BackwardStates::recompute : vla::BackwardStates::roll_back;
   std::mt19937 rng(7u);
   std::normal_distribution<float> n01;
   std::uniform_real_distribution<float> u01(0.1f, 1.f);
@@ -234,9 +236,9 @@ void BM_SingleHeadBaseline(benchmark::State& state) {
     if (backward) {
       vla::BaselineGradients<float> g;
       if constexpr (kLinear)
-        g = vla::linear_attention_backward<float>(S0, z0, cfg, Q, K, V, dO);
+        g = vla::linear_attention_backward<float>(S0, z0, cfg, Q, K, V, dO, nullptr, nullptr, 64, nullptr, states);
       else
-        g = vla::deltanet_backward<float>(S0, Q, K, V, beta, dO);
+        g = vla::deltanet_backward<float>(S0, Q, K, V, beta, dO, nullptr, 64, nullptr, states);
       benchmark::DoNotOptimize(g.dq.data());
     } else if constexpr (kLinear) {
       vla::LinearAttentionState<float> st(dk, dk, cfg);
@@ -288,12 +290,12 @@ void BM_Batched(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK_TEMPLATE(BM_SingleHeadBaseline, vla::op::LinearAttention)
-    ->ArgsProduct({{64}, {2048}, {0, 1}})
+    ->ArgsProduct({{64}, {2048}, {0, 1, 2}})
     ->ArgNames({"dk", "T", "backward"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_SingleHeadBaseline, vla::op::DeltaNet)
-    ->ArgsProduct({{64}, {2048}, {0, 1}})
+    ->ArgsProduct({{64}, {2048}, {0, 1, 2}})
     ->ArgNames({"dk", "T", "backward"})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

@@ -1,8 +1,10 @@
 // The baselines' backward (docs/maths.md §9b, vla/backward.hpp): linear attention and DeltaNet
 // against central finite differences of their own forwards in double (every input, β and the
 // initial state; normaliser on and off, the output floor binding, a zero key), float against
-// double, and the batched vla::backward against the single-head routines bit for bit.
+// double, the states undone (the default) against recomputed (docs/maths.md §9e), and the batched
+// vla::backward against the single-head routines bit for bit.
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <random>
 #include <utility>
@@ -89,10 +91,33 @@ std::vector<double> step_zq(const VecD& z0, const MatD& Q, const MatD& K) {
   return out;
 }
 
+// Every gradient the same, bit for bit.
+void check_same_bits(const vla::BaselineGradients<double>& got, const vla::BaselineGradients<double>& want) {
+  CHECK(got.dq == want.dq);
+  CHECK(got.dk == want.dk);
+  CHECK(got.dv == want.dv);
+  CHECK(got.dbeta == want.dbeta);
+  CHECK(got.dS0 == want.dS0);
+  CHECK(got.dz0 == want.dz0);
+  CHECK(got.floored_steps == want.floored_steps);
+}
+
 // stableNorm: the huge-q gradients (~1e-306 and ~1e299) would under- or overflow a plain sum of squares.
 template <class X>
 double rel(const X& got, const X& want) {
   return (got - want).stableNorm() / want.stableNorm();
+}
+
+// Undoing the steps (the default) against running every block again (the forward's states): within
+// rounding, every gradient (docs/maths.md §9e).
+void check_close(const vla::BaselineGradients<double>& got, const vla::BaselineGradients<double>& want, double tol) {
+  CHECK(rel(got.dq, want.dq) <= tol);
+  CHECK(rel(got.dk, want.dk) <= tol);
+  CHECK(rel(got.dv, want.dv) <= tol);
+  CHECK(rel(got.dS0, want.dS0) <= tol);
+  if (want.dbeta.size()) CHECK(rel(got.dbeta, want.dbeta) <= tol);
+  if (want.dz0.size()) CHECK(rel(got.dz0, want.dz0) <= tol);
+  CHECK(got.floored_steps == want.floored_steps);
 }
 
 }  // namespace
@@ -102,8 +127,15 @@ TEST_CASE("linear attention backward: every gradient matches central differences
     BaseProblem p = make_base(4, 3, 17, normalize ? 81u : 82u, normalize);
     p.K.row(6).setZero();  // a zero key: linear attention writes v 0ᵀ = 0 and is smooth there
     INFO("normalize_output " << normalize);
-    const auto g = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 5);
+    vla::BackwardStats stats;
+    const auto g = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 5, &stats);
     CHECK(g.floored_steps == 0);
+    CHECK(stats.checkpoints == 4);
+    CHECK(stats.rolled_back_blocks == 4);  // the default: every block undone step by step
+    CHECK(stats.recomputed_blocks == 0);
+    check_close(g, vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 5,
+                                                          nullptr, vla::BackwardStates::recompute),
+                1e-12);
     CHECK(rel(g.dq, fd_of(p.Q, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, x, p.K, p.V); })) <= 1e-6);
     CHECK(rel(g.dk, fd_of(p.K, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, p.Q, x, p.V); })) <= 1e-6);
     CHECK(rel(g.dv, fd_of(p.V, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, p.Q, p.K, x); })) <= 1e-6);
@@ -121,6 +153,9 @@ TEST_CASE("linear attention backward: where the output floor binds, no gradient 
   p.cfg.denom_eps = 1e-2;
   const auto g = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz);
   CHECK(g.floored_steps == 6);
+  check_close(g, vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 64,
+                                                        nullptr, vla::BackwardStates::recompute),
+              1e-12);
   CHECK(rel(g.dq, fd_of(p.Q, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, x, p.K, p.V); })) <= 1e-6);
   CHECK(rel(g.dk, fd_of(p.K, [&](const MatD& x) { return la_loss(p, p.S0, p.z0, p.Q, x, p.V); })) <= 1e-6);
   CHECK(rel(g.dz0, fd_of(p.z0, [&](const VecD& x) { return la_loss(p, p.S0, x, p.Q, p.K, p.V); })) <= 1e-6);
@@ -130,7 +165,14 @@ TEST_CASE("linear attention backward: where the output floor binds, no gradient 
 TEST_CASE("DeltaNet backward: every gradient and dbeta match central differences (double)", "[backward][baselines]") {
   BaseProblem p = make_base(4, 3, 17, 84u, false);
   p.K.row(6).setZero();  // a zero key writes nothing; k̂ jumps there, so that row is compared with 0
-  const auto g = vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, &p.dS, 5);
+  vla::BackwardStats stats;
+  const auto g = vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, &p.dS, 5, &stats);
+  CHECK(stats.checkpoints == 4);
+  CHECK(stats.rolled_back_blocks == 4);  // the default: every block undone step by step
+  CHECK(stats.recomputed_blocks == 0);
+  check_close(g, vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, &p.dS, 5, nullptr,
+                                                vla::BackwardStates::recompute),
+              1e-12);
   MatD fdk = fd_of(p.K, [&](const MatD& x) { return dn_loss(p, p.S0, p.Q, x, p.V, p.beta); });
   CHECK(g.dk.row(6).norm() == 0.0);
   CHECK(g.dbeta[6] == 0.0);
@@ -143,27 +185,120 @@ TEST_CASE("DeltaNet backward: every gradient and dbeta match central differences
   CHECK(g.dz0.size() == 0);
 }
 
-TEST_CASE("baselines' backward: float within 1e-4 of double over 2,000 steps; checkpoints change no bit",
+TEST_CASE("baselines' backward: float within 1e-4 of double over 2,000 steps, undone or recomputed",
           "[backward][baselines]") {
   const BaseProblem p = make_base(16, 8, 2000, 85u, true);
   auto f = [](const auto& x) { return x.template cast<float>().eval(); };
-  const auto la = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO);
-  const auto laf = vla::linear_attention_backward<float>(f(p.S0), f(p.z0), p.cfg, f(p.Q), f(p.K), f(p.V), f(p.dO));
-  const auto dn = vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO);
-  const auto dnf = vla::deltanet_backward<float>(f(p.S0), f(p.Q), f(p.K), f(p.V), f(p.beta), f(p.dO));
-  for (const auto& [got, want] : {std::pair<MatD, const MatD*>{laf.dq.cast<double>(), &la.dq},
-                                  {laf.dk.cast<double>(), &la.dk}, {laf.dv.cast<double>(), &la.dv},
-                                  {laf.dS0.cast<double>(), &la.dS0}, {dnf.dq.cast<double>(), &dn.dq},
-                                  {dnf.dk.cast<double>(), &dn.dk}, {dnf.dv.cast<double>(), &dn.dv},
-                                  {dnf.dS0.cast<double>(), &dn.dS0}})
-    CHECK(rel(got, *want) <= 1e-4);
-  CHECK(rel(VecD(dnf.dbeta.cast<double>()), dn.dbeta) <= 1e-4);
-  const auto la7 = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, nullptr, nullptr, 7);
-  const auto dn1 = vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, nullptr, 1);
-  CHECK(la7.dq == la.dq);
-  CHECK(la7.dz0 == la.dz0);
-  CHECK(dn1.dk == dn.dk);
-  CHECK(dn1.dbeta == dn.dbeta);
+  const auto recompute = vla::BackwardStates::recompute;
+  const auto la = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, nullptr, nullptr, 64,
+                                                         nullptr, recompute);
+  const auto dn = vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, nullptr, 64, nullptr, recompute);
+  for (const auto states : {vla::BackwardStates::roll_back, recompute}) {
+    const bool roll = states == vla::BackwardStates::roll_back;
+    INFO((roll ? "roll_back" : "recompute"));
+    vla::BackwardStats sl, sd;
+    const auto laf = vla::linear_attention_backward<float>(f(p.S0), f(p.z0), p.cfg, f(p.Q), f(p.K), f(p.V), f(p.dO),
+                                                           nullptr, nullptr, 64, &sl, states);
+    const auto dnf = vla::deltanet_backward<float>(f(p.S0), f(p.Q), f(p.K), f(p.V), f(p.beta), f(p.dO), nullptr, 64,
+                                                   &sd, states);
+    // Every block undone (none run again) in roll-back mode.
+    CHECK(sl.rolled_back_blocks == (roll ? 32 : 0));
+    CHECK(sd.rolled_back_blocks == (roll ? 32 : 0));
+    CHECK(sl.max_roll_back_drift <= vla::kRollBackTolerance<float>());
+    CHECK(sd.max_roll_back_drift <= vla::kRollBackTolerance<float>());
+    std::printf("baselines' backward, float (%s) vs double, T = 2000, dk 16, dv 8: linear attention dq %.2e dk %.2e "
+                "dv %.2e dS0 %.2e; DeltaNet dq %.2e dk %.2e dv %.2e dbeta %.2e dS0 %.2e; drift %.1e, %.1e\n",
+                roll ? "roll_back" : "recompute", rel(MatD(laf.dq.cast<double>()), la.dq),
+                rel(MatD(laf.dk.cast<double>()), la.dk), rel(MatD(laf.dv.cast<double>()), la.dv),
+                rel(MatD(laf.dS0.cast<double>()), la.dS0), rel(MatD(dnf.dq.cast<double>()), dn.dq),
+                rel(MatD(dnf.dk.cast<double>()), dn.dk), rel(MatD(dnf.dv.cast<double>()), dn.dv),
+                rel(VecD(dnf.dbeta.cast<double>()), dn.dbeta), rel(MatD(dnf.dS0.cast<double>()), dn.dS0),
+                sl.max_roll_back_drift, sd.max_roll_back_drift);
+    for (const auto& [got, want] : {std::pair<MatD, const MatD*>{laf.dq.cast<double>(), &la.dq},
+                                    {laf.dk.cast<double>(), &la.dk}, {laf.dv.cast<double>(), &la.dv},
+                                    {laf.dS0.cast<double>(), &la.dS0}, {dnf.dq.cast<double>(), &dn.dq},
+                                    {dnf.dk.cast<double>(), &dn.dk}, {dnf.dv.cast<double>(), &dn.dv},
+                                    {dnf.dS0.cast<double>(), &dn.dS0}})
+      CHECK(rel(got, *want) <= 1e-4);
+    CHECK(rel(VecD(laf.dz0.cast<double>()), la.dz0) <= 1e-4);
+    CHECK(rel(VecD(dnf.dbeta.cast<double>()), dn.dbeta) <= 1e-4);
+  }
+  // Recomputed, the checkpoint interval changes no bit.
+  check_same_bits(vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, nullptr, nullptr, 7,
+                                                         nullptr, recompute),
+                  la);
+  check_same_bits(vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, nullptr, 1, nullptr, recompute), dn);
+}
+
+TEST_CASE("baselines' backward: the checkpoint interval changes nothing (recompute) or only rounding (roll-back)",
+          "[backward][baselines]") {
+  const BaseProblem p = make_base(6, 5, 300, 96u, true);
+  const auto recompute = vla::BackwardStates::recompute, roll_back = vla::BackwardStates::roll_back;
+  vla::BackwardStats st;
+  const auto la = vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 1, &st,
+                                                         recompute);
+  CHECK(st.recomputed_blocks == 300);
+  CHECK(st.rolled_back_blocks == 0);
+  const auto dn = vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, &p.dS, 1, &st, recompute);
+  CHECK(st.recomputed_blocks == 300);
+  for (Eigen::Index c : {3, 7, 64, 300, 512}) {
+    INFO("checkpoint " << c);
+    const std::int64_t blocks = (300 + c - 1) / c;
+    // The same forward recomputed from any checkpoint gives the same states, hence the same bits.
+    const auto lb =
+        vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, c, &st, recompute);
+    CHECK(st.checkpoints == blocks);
+    CHECK(st.recomputed_blocks == blocks);
+    check_same_bits(lb, la);
+    const auto db = vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, &p.dS, c, &st, recompute);
+    check_same_bits(db, dn);
+    // Undoing the steps instead (the default) rounds differently, by a few ulps of the state per step
+    // undone (docs/maths.md §9e): every block rolled back here, none run again.
+    const auto lr =
+        vla::linear_attention_backward<double>(p.S0, p.z0, p.cfg, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, c, &st, roll_back);
+    CHECK(st.rolled_back_blocks == blocks);
+    CHECK(st.recomputed_blocks == 0);
+    CHECK(st.max_roll_back_drift <= 1e-13);
+    check_close(lr, la, 1e-12);
+    const auto dr = vla::deltanet_backward<double>(p.S0, p.Q, p.K, p.V, p.beta, p.dO, &p.dS, c, &st, roll_back);
+    CHECK(st.rolled_back_blocks == blocks);
+    CHECK(st.recomputed_blocks == 0);
+    CHECK(st.max_roll_back_drift <= 1e-13);
+    check_close(dr, dn, 1e-12);
+  }
+}
+
+TEST_CASE("baselines' backward: a roll-back that drifts too far is run again from its checkpoint",
+          "[backward][baselines]") {
+  // With a tolerance of 0 every rolled-back block is refused: the backward must restore the adjoint
+  // it had before the block and run the block again, which gives recompute's bits exactly.
+  BaseProblem p = make_base(5, 4, 50, 97u, true);
+  p.K.row(17).setZero();  // DeltaNet: a zero key in a redone block
+  p.z0 = -6.0 * VecD::Ones(5);  // linear attention: the floor binds on the first steps
+  p.cfg.denom_eps = 1e-2;
+  const auto recompute = vla::BackwardStates::recompute, roll_back = vla::BackwardStates::roll_back;
+  const vla::LinearAttentionState<double> ls(p.S0, p.z0, p.cfg);
+  const vla::DeltaNetState<double> ds(p.S0);
+  vla::BackwardStats sr, s0;
+  const auto lr = vla::detail::linear_attention_backward_rows<double>(ls, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 8, &sr,
+                                                                      recompute, vla::kRollBackTolerance<double>());
+  const auto l0 = vla::detail::linear_attention_backward_rows<double>(ls, p.Q, p.K, p.V, p.dO, &p.dS, &p.dz, 8, &s0,
+                                                                      roll_back, 0.0);
+  CHECK(s0.redone_blocks == 7);
+  CHECK(s0.recomputed_blocks == 7);
+  CHECK(s0.rolled_back_blocks == 0);
+  CHECK(s0.floored_steps == sr.floored_steps);
+  CHECK(sr.floored_steps > 0);
+  check_same_bits(l0, lr);
+  const auto dr = vla::detail::deltanet_backward_rows<double>(ds, p.Q, p.K, p.V, p.beta, p.dO, &p.dS, 8, &sr,
+                                                              recompute, vla::kRollBackTolerance<double>());
+  const auto d0 =
+      vla::detail::deltanet_backward_rows<double>(ds, p.Q, p.K, p.V, p.beta, p.dO, &p.dS, 8, &s0, roll_back, 0.0);
+  CHECK(s0.redone_blocks == 7);
+  CHECK(s0.recomputed_blocks == 7);
+  CHECK(s0.rolled_back_blocks == 0);
+  CHECK(d0.dk.row(17).norm() == 0.0);
+  check_same_bits(d0, dr);
 }
 
 TEST_CASE("baselines' batched backward is the single-head one for every (sequence, head), and refuses by name",

@@ -3,12 +3,13 @@
 //
 // The forward is the state's own step (VlaState, LinearAttentionState, DeltaNetState); this file
 // adds only the adjoint of each line of docs/maths.md §2 (§7 for the baselines), in reverse order,
-// derived in §9 (the derivation beside the lines below follows it step by step). VLA's states come
-// from undoing each step with the vectors its forward pass kept (§9d), checked at every checkpoint;
-// the baselines' blocks are run again from their checkpoints. Float and double.
+// derived in §9 (the derivation beside the lines below follows it step by step). Every op's states
+// come from undoing each step with what its forward pass kept (§9d; the baselines §9e), checked at
+// every checkpoint, through one driver (detail::checkpointed_reverse). Float and double.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -33,18 +34,23 @@ struct VlaGradients {
   VlaSnapshot<Scalar> d_initial;  ///< dA0 (symmetric), dS0, dz0 (steps: the initial step count, unchanged)
 };
 
-/// What the backward recomputes and where the rules bind (for tests and diagnostics).
-struct VlaBackwardStats {
-  std::int64_t clamped_steps = 0;  ///< steps whose δ floor bound: no gradient flows through δ there
+/// What a CPU backward recomputes and where the output floor binds (for tests and diagnostics);
+/// VLA's, linear attention's and DeltaNet's (docs/maths.md §9d, §9e).
+struct BackwardStats {
   std::int64_t floored_steps = 0;  ///< steps whose output denominator floor bound: none through zᵀq
-  std::int64_t checkpoints = 0;    ///< states kept by the first pass (memory: checkpoints × (dk² + dv·dk + dk))
+  std::int64_t checkpoints = 0;    ///< states kept by the first pass (memory: checkpoints × the state's size)
   std::int64_t rolled_back_blocks = 0;  ///< blocks walked by undoing each step (BackwardStates::roll_back)
   std::int64_t recomputed_blocks = 0;   ///< blocks run again from their checkpoint (recompute, a clamp, a redo)
   std::int64_t redone_blocks = 0;       ///< of those, blocks undone first and run again: drift above the tolerance
   double max_roll_back_drift = 0;       ///< the largest drift of an accepted roll-back (docs/maths.md §9d)
 };
 
-/// Where the VLA backward gets each step's state from (docs/maths.md §9d).
+/// VLA's: also where its δ floor bound.
+struct VlaBackwardStats : BackwardStats {
+  std::int64_t clamped_steps = 0;  ///< steps whose δ floor bound: no gradient flows through δ there
+};
+
+/// Where a CPU backward gets each step's state from (docs/maths.md §9d, §9e).
 enum class BackwardStates {
   roll_back,  ///< undo each step with its own vectors, checked against every checkpoint (the default)
   recompute,  ///< run each block again from its checkpoint and keep its states: the forward's bits
@@ -87,6 +93,15 @@ struct OutputAdjoint {
   }
   /// Whether finish needs S₂q̃ (only where the floor does not bind).
   bool needs_sq() const { return normalize && !floored; }
+  /// S₂q̃ (sqs) from the forward's S₂q (`kept`) where finish needs it; returns whether it must be
+  /// formed from S₂ instead (the kept one overflowed: huge q).
+  template <class Kept>
+  bool sq_from(const Kept& kept, Vector<Scalar>& sqs) const {
+    if (!needs_sq()) return false;
+    if (!all_finite(kept)) return true;
+    sqs = kept / m;
+    return false;
+  }
   /// q̄ from q̃̄ = S₂ᵀp̄ (p1) [+ d̃̄ z₂]; z̄₂ += d̃̄ q̃ (d̃̄ = −gᵀo/d̃, o = S₂q̃/d̃, no d̃² formed).
   template <class Go, class Gq>
   void finish(const Vector<Scalar>& z2, const Go& go, const Vector<Scalar>& qs, const Vector<Scalar>& sqs,
@@ -102,26 +117,6 @@ struct OutputAdjoint {
       gq = p1;
   }
 };
-
-/// The adjoint of §2.6's output for an op whose S₂ enters through products (linear attention,
-/// docs/maths.md §9b): s2_times(y, out): out = S₂y; s2t_times: out = S₂ᵀy. Adds to gS (∂L/∂S₂) and gz
-/// (∂L/∂z₂), writes gq; qs, gqs (dk) and gp, sq (dv) are scratch. Returns whether the floor bound
-/// (then no gradient flows through z₂ᵀq).
-///
-/// With the normaliser on, o is homogeneous of degree 0 in q wherever the floor does not bind, so
-/// the adjoint works on q̃ = q/m, m = max|q| (the forward's huge-q rule, here for every q: no product
-/// of the adjoint overflows): o = S₂q̃ / d with d = max(z₂ᵀq̃, ε_den/m), and ∂L/∂q = (1/m)·∂L/∂q̃.
-template <class Scalar, class S2Times, class S2tTimes>
-bool output_adjoint(const Vector<Scalar>& q, const Vector<Scalar>& z2, const Vector<Scalar>& go, const Config& cfg,
-                    S2Times&& s2_times, S2tTimes&& s2t_times, Vector<Scalar>& qs, Vector<Scalar>& gqs,
-                    Vector<Scalar>& gp, Vector<Scalar>& sq, Matrix<Scalar>& gS, Vector<Scalar>& gz, Vector<Scalar>& gq) {
-  const OutputAdjoint<Scalar> out(q, z2, go, cfg, qs, gp);
-  gS.noalias() += gp * qs.transpose();
-  s2t_times(gp, gqs);
-  if (out.needs_sq()) s2_times(qs, sq);
-  out.finish(z2, go, qs, sq, gqs, gz, gq);
-  return out.floored;
-}
 
 /// What the backward keeps of every forward step to undo it and differentiate it (docs/maths.md
 /// §9d), one column per token: s = A û/√δ, α̂, e = v − S k̂, S₂q, and the step's factors (û = uf·u,
@@ -145,6 +140,21 @@ struct VlaStepRecords {
   }
 };
 
+/// max|x|, 0 for an empty x.
+template <class X>
+typename X::Scalar h_max(const X& x) {
+  return x.size() ? x.cwiseAbs().maxCoeff() : typename X::Scalar(0);
+}
+
+/// The drift of an undone matrix or vector from the kept one (docs/maths.md §9d): max|undone − kept|
+/// over the larger of `scale` (its largest entry on entry to the block) and max|kept|; 0 when both are
+/// 0 (an empty one included).
+template <class U, class K, class Scalar>
+Scalar relative_drift(const U& undone, const K& kept, Scalar scale) {
+  const Scalar s = std::max(scale, h_max(kept));
+  return s > Scalar(0) ? (undone - kept).cwiseAbs().maxCoeff() / s : Scalar(0);
+}
+
 /// The state the reverse sweep holds at a step: the state after it (A₂, S₂ᵀ, z₂). S is held
 /// transposed (dk × dv) so that the two products the adjoint needs of it, S₂ᵀp̄ and S₂ᵀē, and the
 /// roll-back S ← S₂ − e α̂ᵀ are all column sweeps (no reductions, detail/cpu_kernels.hpp).
@@ -156,6 +166,13 @@ struct VlaHeldState {
     A = st.A();
     St = st.S().transpose();
     z = st.z();
+  }
+  /// The state's largest entries (A, S) on entry to a block, for drift.
+  std::array<Scalar, 2> scale() const { return {A.cwiseAbs().maxCoeff(), St.cwiseAbs().maxCoeff()}; }
+  /// How far the undone state is from the kept one `c` (docs/maths.md §9d), for A and S.
+  double drift(const VlaState<Scalar>& c, const std::array<Scalar, 2>& sc) const {
+    const Scalar dA = (A - c.A()).cwiseAbs().maxCoeff() / std::max(sc[0], c.A().cwiseAbs().maxCoeff());
+    return std::max(double(dA), double(relative_drift(St, c.S().transpose(), sc[1])));
   }
 };
 
@@ -201,14 +218,7 @@ void vla_adjoint_s(VlaHeldState<Scalar>& h, const VlaStepRecords<Scalar>& rec, E
   // §2.6 the output: q̃, d̃, p̄ (OutputAdjoint); S₂q̃ from the forward's S₂q (rescaled; formed again
   // in the S₂ sweep only if it overflowed: huge q).
   const OutputAdjoint<Scalar> out(q, h.z, go, cfg, x.qs, x.gp);
-  bool sq_in_sweep = false;
-  if (out.needs_sq()) {
-    const auto sq = rec.sq.col(t);
-    if (all_finite(sq))
-      x.sqs = sq / out.m;
-    else
-      sq_in_sweep = true;
-  }
+  const bool sq_in_sweep = out.sq_from(rec.sq.col(t), x.sqs);
   if (out.floored) ++stats.floored_steps;
 
   // §2.5 S₂ = S + e α̂ᵀ: ē = S̄₂α̂, α̂̄ = S̄₂ᵀe with S̄₂ = S̄ + p̄ q̃ᵀ (the output's term, added below).
@@ -346,33 +356,66 @@ void check_backward_rows(const char* fn, Eigen::Index dk, Eigen::Index dv, Eigen
        U ? "q, k, v, u and d_o must be finite" : "q, k, v and d_o must be finite");
 }
 
-/// The two passes of every backward here (docs/maths.md §9, "States"): the forward from `start`,
-/// keeping the state every `checkpoint` steps; then, block by block from the last, the block run
-/// again from its checkpoint keeping its pre-step states, and `adjoint(pre, t)` called for t from the
-/// block's last token to its first. `step(state, t)` advances a state by token t with the forward's
-/// own step, so the recomputed states are the forward's bits and any interval gives the same result.
-/// Returns the number of checkpoints. Memory: (T/C + C) states.
-template <class State, class Step, class Adjoint>
-std::int64_t checkpointed_reverse(const State& start, Eigen::Index T, Eigen::Index checkpoint, Step&& step,
-                                  Adjoint&& adjoint) {
+/// The two passes of every CPU backward here (docs/maths.md §9, "States"; §9d). The forward from
+/// `start`, keeping the state every `checkpoint` steps and calling `keep(state, t)` after each step
+/// (the op's per-step record); then one state held (`Held`, the state after the step being
+/// differentiated), and the blocks from the last: `block(roll, t0, t1, held)` differentiates steps
+/// t1 − 1 … t0, where `held(t)` is the Held state after step t. With roll = std::true_type (the
+/// default, BackwardStates::roll_back, where `undoable(t0, t1)`) every call returns the one held
+/// state, which the block undoes step by step; at the block's first step it is compared with the
+/// checkpoint (Held::drift), and above `tolerance` the block's adjoint (`adj`, and `stats`, copied
+/// before) is put back and the block run again as recompute runs it: from its checkpoint, with
+/// `step(state, t)` (the forward's own step: its bits), every state after a step kept, roll =
+/// std::false_type. Every block then starts from the kept checkpoint, exactly.
+/// Memory: (T/C) states, and C Held states where a block is recomputed.
+template <class Held, class State, class Adj, class Stats, class Step, class Keep, class Undoable, class Block>
+void checkpointed_reverse(const State& start, Eigen::Index T, Eigen::Index checkpoint, BackwardStates states,
+                          double tolerance, Adj& adj, Stats& stats, Step&& step, Keep&& keep, Undoable&& undoable,
+                          Block&& block) {
   std::vector<State> ckpt;
   State st = start;
   for (Eigen::Index t = 0; t < T; ++t) {
     if (t % checkpoint == 0) ckpt.push_back(st);
     step(st, t);
+    keep(st, t);
   }
-  // The block's states are copy-assigned into storage allocated once.
-  std::vector<State> pre(static_cast<std::size_t>(std::min<Eigen::Index>(checkpoint, std::max<Eigen::Index>(T, 1))), start);
+  stats.checkpoints = static_cast<std::int64_t>(ckpt.size());
+  Held h;
+  h.set(st);
+  std::vector<Held> post;  // recompute: a block's states after each step
+  Adj adj_save;
+  Stats stats_save;
   for (Eigen::Index b = static_cast<Eigen::Index>(ckpt.size()) - 1; b >= 0; --b) {
     const Eigen::Index t0 = b * checkpoint, t1 = std::min<Eigen::Index>(T, t0 + checkpoint);
-    st = ckpt[static_cast<std::size_t>(b)];
-    for (Eigen::Index t = t0; t < t1; ++t) {
-      pre[static_cast<std::size_t>(t - t0)] = st;
-      step(st, t);
+    const State& c = ckpt[static_cast<std::size_t>(b)];
+    bool roll = states == BackwardStates::roll_back && undoable(t0, t1);
+    if (roll) {
+      adj_save = adj, stats_save = stats;
+      const auto scale = h.scale();
+      block(std::true_type{}, t0, t1, [&](Eigen::Index) -> Held& { return h; });
+      // How far the undone state is from the kept one, relative to the state's size over the block.
+      const double drift = h.drift(c, scale);
+      if (drift <= tolerance) {
+        stats.max_roll_back_drift = std::max(stats.max_roll_back_drift, drift);
+        ++stats.rolled_back_blocks;
+      } else {  // run the block again from its checkpoint, as recompute does
+        adj = adj_save, stats = stats_save;
+        ++stats.redone_blocks;
+        roll = false;
+      }
     }
-    for (Eigen::Index t = t1 - 1; t >= t0; --t) adjoint(pre[static_cast<std::size_t>(t - t0)], t);
+    if (!roll) {
+      if (post.empty()) post.resize(static_cast<std::size_t>(std::min<Eigen::Index>(checkpoint, T)));
+      State r = c;
+      for (Eigen::Index t = t0; t < t1; ++t) {
+        step(r, t);
+        post[static_cast<std::size_t>(t - t0)].set(r);
+      }
+      block(std::false_type{}, t0, t1, [&](Eigen::Index t) -> Held& { return post[static_cast<std::size_t>(t - t0)]; });
+      ++stats.recomputed_blocks;
+    }
+    h.set(c);  // the kept state, exactly: the next block's state after its last step
   }
-  return static_cast<std::int64_t>(ckpt.size());
 }
 
 }  // namespace detail
@@ -403,22 +446,16 @@ VlaSnapshot<Scalar> vla_backward_columns(const VlaState<Scalar>& start, TokenCol
   Vector<Scalar> o(m);
   auto step = [&](VlaState<Scalar>& st, Eigen::Index t) { st.step_unchecked(Qc.col(t), Kc.col(t), Vc.col(t), Uc.col(t), o); };
 
-  // The forward: checkpoints and records.
-  detail::VlaStepRecords<Scalar> rec(n, m, T);
-  std::vector<VlaState<Scalar>> ckpt;
-  VlaState<Scalar> st = start;
-  for (Eigen::Index t = 0; t < T; ++t) {
-    if (t % checkpoint == 0) ckpt.push_back(st);
-    step(st, t);
-    rec.keep(st, t);
-  }
-
+  // The adjoint: sym(Ā) (all the adjoint uses of Ā, §9d), S̄, z̄.
+  struct Adjoint {
+    Matrix<Scalar> G, gS;
+    Vector<Scalar> gz;
+  } adj;
+  adj.G = d_final ? Matrix<Scalar>((d_final->A + d_final->A.transpose()) / Scalar(2)) : Matrix<Scalar>::Zero(n, n);
+  adj.gS = d_final ? d_final->S : Matrix<Scalar>::Zero(m, n);
+  adj.gz = d_final ? d_final->z : Vector<Scalar>::Zero(n);
   VlaBackwardStats stats;
-  stats.checkpoints = static_cast<std::int64_t>(ckpt.size());
-  Matrix<Scalar> G = d_final ? Matrix<Scalar>((d_final->A + d_final->A.transpose()) / Scalar(2))
-                             : Matrix<Scalar>::Zero(n, n);  // sym(Ā): all the adjoint uses of Ā (§9d)
-  Matrix<Scalar> gS = d_final ? d_final->S : Matrix<Scalar>::Zero(m, n);
-  Vector<Scalar> gz = d_final ? d_final->z : Vector<Scalar>::Zero(n);
+  detail::VlaStepRecords<Scalar> rec(n, m, T);
   detail::VlaAdjointScratch<Scalar> x(n, m);
   const Scalar stab_eps = Scalar(cfg.stab_eps);
   auto eps_r = [&](Eigen::Index t) {
@@ -431,61 +468,25 @@ VlaSnapshot<Scalar> vla_backward_columns(const VlaState<Scalar>& start, TokenCol
   auto adjoint_block = [&](auto roll, Eigen::Index t0, Eigen::Index t1, auto&& held) {
     constexpr bool R = decltype(roll)::value;
     for (Eigen::Index t = t1 - 1; t >= t0; --t)
-      detail::vla_adjoint_s<R>(held(t), rec, t, cfg, Qc.col(t), Kc.col(t), dOc.col(t), gS, gz, gqc.col(t),
+      detail::vla_adjoint_s<R>(held(t), rec, t, cfg, Qc.col(t), Kc.col(t), dOc.col(t), adj.gS, adj.gz, gqc.col(t),
                                gkc.col(t), gvc.col(t), links.galpha.col(t - t0), links.gkh.col(t - t0), x, stats);
     for (Eigen::Index t = t1 - 1; t >= t0; --t)
-      detail::vla_adjoint_a<R>(held(t), rec, t, eps_r(t), cfg, Kc.col(t), Uc.col(t), G, gkc.col(t), guc.col(t),
+      detail::vla_adjoint_a<R>(held(t), rec, t, eps_r(t), cfg, Kc.col(t), Uc.col(t), adj.G, gkc.col(t), guc.col(t),
                                links.galpha.col(t - t0), links.gkh.col(t - t0), x, stats);
   };
-
-  detail::VlaHeldState<Scalar> h;  // the state after the step being differentiated
-  h.set(st);
-  std::vector<detail::VlaHeldState<Scalar>> post;  // recompute: a block's states after each step
-  Matrix<Scalar> G_save, gS_save;
-  Vector<Scalar> gz_save;
-  VlaBackwardStats stats_save;
-  for (Eigen::Index b = static_cast<Eigen::Index>(ckpt.size()) - 1; b >= 0; --b) {
-    const Eigen::Index t0 = b * checkpoint, t1 = std::min<Eigen::Index>(T, t0 + checkpoint);
-    const VlaState<Scalar>& c = ckpt[static_cast<std::size_t>(b)];
-    bool roll = states == BackwardStates::roll_back;
-    for (Eigen::Index t = t0; roll && t < t1; ++t) {  // a δ clamp: A − s sᵀ cancelled, undoing it would not
+  // A δ clamp in the block: A − s sᵀ cancelled, and undoing it would not give A back.
+  auto undoable = [&](Eigen::Index t0, Eigen::Index t1) {
+    for (Eigen::Index t = t0; t < t1; ++t) {
       const VlaStepFactors<Scalar>& f = rec.f[static_cast<std::size_t>(t)];
-      if (f.uf != Scalar(0) && !(f.delta > stab_eps)) roll = false;
+      if (f.uf != Scalar(0) && !(f.delta > stab_eps)) return false;
     }
-    if (roll) {
-      G_save = G, gS_save = gS, gz_save = gz, stats_save = stats;
-      const Scalar scaleA = h.A.cwiseAbs().maxCoeff(), scaleS = h.St.cwiseAbs().maxCoeff();
-      adjoint_block(std::true_type{}, t0, t1, [&](Eigen::Index) -> detail::VlaHeldState<Scalar>& { return h; });
-      // How far the undone state is from the kept one, relative to the state's size over the block.
-      const Scalar dA = (h.A - c.A()).cwiseAbs().maxCoeff() / std::max(scaleA, c.A().cwiseAbs().maxCoeff());
-      const Scalar sS = std::max(scaleS, c.S().cwiseAbs().maxCoeff());
-      const Scalar dS = sS > Scalar(0) ? (h.St - c.S().transpose()).cwiseAbs().maxCoeff() / sS : Scalar(0);
-      const double drift = std::max(double(dA), double(dS));
-      if (drift <= tolerance) {
-        stats.max_roll_back_drift = std::max(stats.max_roll_back_drift, drift);
-        ++stats.rolled_back_blocks;
-      } else {  // run the block again from its checkpoint, as recompute does
-        G = G_save, gS = gS_save, gz = gz_save, stats = stats_save;
-        ++stats.redone_blocks;
-        roll = false;
-      }
-    }
-    if (!roll) {
-      if (post.empty()) post.resize(static_cast<std::size_t>(std::min<Eigen::Index>(checkpoint, T)));
-      VlaState<Scalar> r = c;
-      for (Eigen::Index t = t0; t < t1; ++t) {
-        step(r, t);
-        post[static_cast<std::size_t>(t - t0)].set(r);
-      }
-      adjoint_block(std::false_type{}, t0, t1, [&](Eigen::Index t) -> detail::VlaHeldState<Scalar>& {
-        return post[static_cast<std::size_t>(t - t0)];
-      });
-      ++stats.recomputed_blocks;
-    }
-    h.set(c);  // the kept state, exactly: the next block's state after its last step
-  }
+    return true;
+  };
+  detail::checkpointed_reverse<detail::VlaHeldState<Scalar>>(
+      start, T, checkpoint, states, tolerance, adj, stats, step,
+      [&](const VlaState<Scalar>& s, Eigen::Index t) { rec.keep(s, t); }, undoable, adjoint_block);
   if (stats_out) *stats_out = stats;
-  return VlaSnapshot<Scalar>{G, gS, gz, start.steps()};
+  return VlaSnapshot<Scalar>{adj.G, adj.gS, adj.gz, start.steps()};
 }
 
 /// vla_backward's checks, then vla_backward_columns on the rows turned into columns (one transpose
@@ -581,191 +582,303 @@ struct BaselineGradients {
 
 namespace detail {
 
-/// Scratch of the baselines' adjoint steps, allocated once per backward.
+/// What the baselines' backward keeps of every forward step (docs/maths.md §9e), one column per token:
+/// linear attention S₂q (its output's numerator: T·dv numbers); DeltaNet the vector it wrote,
+/// w = β(v − S k̂), and k̂ = kf·k's factor (T·(dv + 1); a zero key, kf = 0, writes no column).
 template <class Scalar>
-struct BaselineScratch {
-  Vector<Scalar> z2, qs, gqs, kh, gkh, gp, sq, e, ge;
-  BaselineScratch(Eigen::Index dk, Eigen::Index dv) {
-    for (Vector<Scalar>* x : {&z2, &qs, &gqs, &kh, &gkh}) x->resize(dk);
-    for (Vector<Scalar>* x : {&gp, &sq, &e, &ge}) x->resize(dv);
+struct BaselineStepRecords {
+  Matrix<Scalar> w;
+  std::vector<Scalar> kf;
+  BaselineStepRecords(Eigen::Index dv, Eigen::Index T, bool keys) : w(dv, T), kf(keys ? std::size_t(T) : 0) {}
+  void keep(const LinearAttentionState<Scalar>& st, Eigen::Index t) { w.col(t) = st.last_sq(); }
+  void keep(const DeltaNetState<Scalar>& st, Eigen::Index t) {
+    kf[static_cast<std::size_t>(t)] = st.last_key_factor();
+    if (st.last_key_factor() != Scalar(0)) w.col(t) = st.last_write();
   }
 };
 
-/// The adjoint of one linear-attention step (docs/maths.md §9b): S₂ = S + v kᵀ, z₂ = z + k,
-/// o = S₂q / max(z₂ᵀq, ε_den). (gS, gz) enter as ∂L/∂(state after) and leave as ∂L/∂(state before).
-/// Returns whether the output floor bound.
+/// The state the baselines' reverse sweep holds: the state after the step, S₂ held transposed
+/// (dk × dv: S₂ᵀp̄, S₂ᵀē and the roll-back are column sweeps), and linear attention's z₂.
 template <class Scalar>
-bool linear_attention_step_adjoint(const LinearAttentionState<Scalar>& pre, const Config& cfg, const Vector<Scalar>& q,
-                                   const Vector<Scalar>& k, const Vector<Scalar>& v, const Vector<Scalar>& go,
-                                   Matrix<Scalar>& gS, Vector<Scalar>& gz, Vector<Scalar>& gq, Vector<Scalar>& gk,
-                                   Vector<Scalar>& gv, BaselineScratch<Scalar>& x) {
-  const Matrix<Scalar>& S = pre.S();
-  x.z2 = pre.z() + k;
-  auto s2_times = [&](const Vector<Scalar>& y, Vector<Scalar>& out) {  // out = S₂y = Sy + v(kᵀy)
-    out.noalias() = S * y;
-    out += v * k.dot(y);
-  };
-  auto s2t_times = [&](const Vector<Scalar>& y, Vector<Scalar>& out) {  // out = S₂ᵀy = Sᵀy + k(vᵀy)
-    out.noalias() = S.transpose() * y;
-    out += k * v.dot(y);
-  };
-  const bool floored = output_adjoint(q, x.z2, go, cfg, s2_times, s2t_times, x.qs, x.gqs, x.gp, x.sq, gS, gz, gq);
-  // z₂ = z + k: k̄ = z̄₂, z̄ = z̄₂.  S₂ = S + v kᵀ: v̄ = S̄₂k, k̄ += S̄₂ᵀv, S̄ = S̄₂.
-  gk = gz;
-  gk.noalias() += gS.transpose() * v;
-  gv.noalias() = gS * k;
-  return floored;
+struct BaselineHeldState {
+  Matrix<Scalar> St;
+  Vector<Scalar> z;  ///< linear attention's z₂ (empty for DeltaNet)
+  void set(const LinearAttentionState<Scalar>& st) {
+    St = st.S().transpose();
+    z = st.z();
+  }
+  void set(const DeltaNetState<Scalar>& st) { St = st.S().transpose(); }
+  std::array<Scalar, 2> scale() const { return {h_max(St), h_max(z)}; }
+  /// How far the undone state is from the kept one (docs/maths.md §9d), for S and z.
+  double drift(const LinearAttentionState<Scalar>& c, const std::array<Scalar, 2>& sc) const {
+    return std::max(double(relative_drift(St, c.S().transpose(), sc[0])), double(relative_drift(z, c.z(), sc[1])));
+  }
+  double drift(const DeltaNetState<Scalar>& c, const std::array<Scalar, 2>& sc) const {
+    return double(relative_drift(St, c.S().transpose(), sc[0]));
+  }
+};
+
+/// Scratch of the baselines' adjoint steps, allocated once per backward.
+template <class Scalar>
+struct BaselineScratch {
+  Vector<Scalar> qs, gkh, p1, nk, t2, gp, sqs, ge, nge;
+  BaselineScratch(Eigen::Index dk, Eigen::Index dv) {
+    for (Vector<Scalar>* x : {&qs, &gkh, &p1, &nk, &t2}) x->resize(dk);
+    for (Vector<Scalar>* x : {&gp, &sqs, &ge, &nge}) x->resize(dv);
+  }
+};
+
+/// The adjoint of one linear-attention step (docs/maths.md §9b, in the form of §9e): S₂ = S + v kᵀ,
+/// z₂ = z + k, o = S₂q / max(z₂ᵀq, ε_den), on the held S₂ᵀ and z₂ (`h`; with Roll, left holding S
+/// and z before the step) and (S̄, z̄), which enter as the gradient with respect to the state after the
+/// step and leave as that with respect to the state before it. Two sweeps: S̄ (read, rank 1), S₂ᵀ
+/// (read, undone).
+template <bool Roll, class Scalar, class QV, class KV, class VV, class GoV, class GqV, class GkV, class GvV>
+void linear_attention_adjoint(BaselineHeldState<Scalar>& h, const BaselineStepRecords<Scalar>& rec, Eigen::Index t,
+                              const Config& cfg, const QV& q, const KV& k, const VV& v, const GoV& go,
+                              Matrix<Scalar>& gS, Vector<Scalar>& gz, GqV&& gq, GkV&& gk, GvV&& gv,
+                              BaselineScratch<Scalar>& x, BackwardStats& stats) {
+  const Eigen::Index n = h.St.rows(), m = h.St.cols();
+  // §2.6's output (OutputAdjoint, as VLA's): q̃, d̃, p̄; S₂q̃ from the forward's S₂q (formed in the S₂
+  // sweep only if it overflowed: huge q).
+  const OutputAdjoint<Scalar> out(q, h.z, go, cfg, x.qs, x.gp);
+  const bool sq_in_sweep = out.sq_from(rec.w.col(t), x.sqs);
+  if (out.floored) ++stats.floored_steps;
+
+  // S₂ = S + v kᵀ with S̄₂ = S̄ + p̄ q̃ᵀ: v̄ = S̄₂k = S̄k + p̄ (q̃ᵀk), S̄₂ᵀv = S̄ᵀv + q̃ (p̄ᵀv), and
+  // S̄ (before) = S̄₂: the products of S̄ on entry, then the output's term.
+  sweep<1, 1, 1>(gS.data(), m, n, {x.gp.data()}, {x.qs.data()}, {k.data()}, {gv.data()}, {v.data()}, {x.gkh.data()});
+  gv += x.gp * x.qs.dot(k);
+  x.gkh += x.qs * x.gp.dot(v);
+
+  // The S₂ sweep (S₂ᵀ held): S₂ᵀp̄ (and S₂q̃ if it must be formed), then (Roll) S ← S₂ − v kᵀ.
+  Scalar* St = h.St.data();
+  x.nk = -k;
+  if (sq_in_sweep)
+    sweep<Roll ? 1 : 0, 1, 1>(St, n, m, {x.nk.data()}, {v.data()}, {x.gp.data()}, {x.p1.data()}, {x.qs.data()},
+                              {x.sqs.data()});
+  else
+    sweep<Roll ? 1 : 0, 1, 0>(St, n, m, {x.nk.data()}, {v.data()}, {x.gp.data()}, {x.p1.data()}, {}, {});
+  out.finish(h.z, go, x.qs, x.sqs, x.p1, gz, gq);
+
+  // z₂ = z + k: k̄ = z̄₂ (+ S̄₂ᵀv), z̄ (before) = z̄₂.
+  gk = gz + x.gkh;
+  if (Roll) h.z -= k;
 }
 
-/// The adjoint of one DeltaNet step (docs/maths.md §9b): k̂ = k/‖k‖, e = v − S k̂,
-/// S₂ = S + β e k̂ᵀ, o = S₂q. gS enters as ∂L/∂S₂ and leaves as ∂L/∂S. A zero (or subnormal) key
-/// writes nothing: its k̄ and β̄ are 0 (the step is then o = S q, constant in k and β).
-template <class Scalar>
-void deltanet_step_adjoint(const DeltaNetState<Scalar>& pre, const Vector<Scalar>& q, const Vector<Scalar>& k,
-                           const Vector<Scalar>& v, Scalar beta, const Vector<Scalar>& go, Matrix<Scalar>& gS,
-                           Vector<Scalar>& gq, Vector<Scalar>& gk, Vector<Scalar>& gv, Scalar& gbeta,
-                           BaselineScratch<Scalar>& x) {
-  const Matrix<Scalar>& S = pre.S();
-  const Scalar kf = unit_factor<Scalar>(k);
-  // o = S₂q: S̄₂ += g qᵀ, q̄ = S₂ᵀg = Sᵀg + β k̂ (eᵀg).
-  gS.noalias() += go * q.transpose();
-  gq.noalias() = S.transpose() * go;
-  if (kf == Scalar(0)) {
+/// The adjoint of one DeltaNet step (docs/maths.md §9b, in the form of §9e): k̂ = kf·k, e = v − S k̂,
+/// S₂ = S + w k̂ᵀ with the kept w = β e, o = S₂q, on the held S₂ᵀ (`h`; with Roll, left holding S
+/// before the step) and S̄ (∂L/∂S₂ on entry, ∂L/∂S on exit). A zero (or subnormal) key writes
+/// nothing: its k̄ and β̄ are 0 (the step is then o = S q, constant in k and β). Three sweeps:
+/// S̄ (read), S₂ᵀ (read, undone), S̄ (rank 2).
+template <bool Roll, class Scalar, class QV, class KV, class GoV, class GqV, class GkV, class GvV>
+void deltanet_adjoint(BaselineHeldState<Scalar>& h, const BaselineStepRecords<Scalar>& rec, Eigen::Index t, Scalar beta,
+                      const QV& q, const KV& k, const GoV& go, Matrix<Scalar>& gS, GqV&& gq, GkV&& gk, GvV&& gv,
+                      Scalar& gbeta, BaselineScratch<Scalar>& x) {
+  const Eigen::Index n = h.St.rows(), m = h.St.cols();
+  const Scalar kf = rec.kf[static_cast<std::size_t>(t)];
+  Scalar* St = h.St.data();
+  if (kf == Scalar(0)) {  // o = S q: q̄ = Sᵀg, S̄ += g qᵀ
+    sweep<0, 1, 0>(St, n, m, {}, {}, {go.data()}, {gq.data()}, {}, {});
+    sweep<1, 0, 0>(gS.data(), m, n, {go.data()}, {q.data()}, {}, {}, {}, {});
     gk.setZero();
     gv.setZero();
     gbeta = Scalar(0);
     return;
   }
-  x.kh = k * kf;
-  x.e = v;
-  x.e.noalias() -= S * x.kh;
-  gq += (beta * x.e.dot(go)) * x.kh;
-  // S₂ = S + β e k̂ᵀ: ē = β S̄₂k̂, β̄ = eᵀS̄₂k̂, k̂̄ = β S̄₂ᵀe − Sᵀē, v̄ = ē, S̄ = S̄₂ − ē k̂ᵀ.
-  x.gp.noalias() = gS * x.kh;
-  gbeta = x.e.dot(x.gp);
+  const Scalar* w = rec.w.col(t).data();
+  const auto W = Eigen::Map<const Vector<Scalar>>(w, m);
+  x.p1 = k * kf;  // the forward's k̂, bit for bit
+
+  // With S̄₂ = S̄ + g qᵀ (o = S₂q): S̄₂k̂ = S̄k̂ + g (qᵀk̂) and S̄₂ᵀw = S̄ᵀw + q (gᵀw) = β S̄₂ᵀe.
+  sweep<0, 1, 1>(gS.data(), m, n, {}, {}, {x.p1.data()}, {x.gp.data()}, {w}, {x.gkh.data()});
+  x.gp += go * q.dot(x.p1);
+  x.gkh += q * go.dot(W);
+  // S₂ = S + β e k̂ᵀ: ē = β S̄₂k̂, β̄ = eᵀS̄₂k̂ = wᵀS̄₂k̂ / β, v̄ = ē.
+  gbeta = W.dot(x.gp) / beta;
   x.ge = beta * x.gp;
-  x.gkh.noalias() = gS.transpose() * x.e;
-  x.gkh *= beta;
-  x.gkh.noalias() -= S.transpose() * x.ge;
   gv = x.ge;
-  gS.noalias() -= x.ge * x.kh.transpose();
-  // k̂ = k/‖k‖: k̄ = (I − k̂k̂ᵀ) k̂̄ / ‖k‖.
-  gk = kf * (x.gkh - x.kh * x.kh.dot(x.gkh));
+
+  // The S₂ sweep (S₂ᵀ held): q̄ = S₂ᵀg and S₂ᵀē, then (Roll) S ← S₂ − w k̂ᵀ.
+  x.nk = -x.p1;
+  sweep<Roll ? 1 : 0, 2, 0>(St, n, m, {x.nk.data()}, {w}, {go.data(), x.ge.data()}, {gq.data(), x.t2.data()}, {},
+                            {});
+  // k̂̄ = β S̄₂ᵀe − Sᵀē with Sᵀē = S₂ᵀē − k̂ (wᵀē); k̂ = k/‖k‖ (kf = 1/‖k‖): k̄ = kf·(I − k̂k̂ᵀ) k̂̄.
+  x.gkh += x.p1 * W.dot(x.ge) - x.t2;
+  gk = kf * (x.gkh - x.p1 * x.p1.dot(x.gkh));
+
+  // S̄ (before) = S̄₂ − ē k̂ᵀ = S̄ + g qᵀ − ē k̂ᵀ.
+  x.nge = -x.ge;
+  sweep<2, 0, 0>(gS.data(), m, n, {go.data(), x.nge.data()}, {q.data(), x.p1.data()}, {}, {}, {}, {});
 }
 
-/// One baseline head's token rows as columns (each token's vectors contiguous, one transpose per
-/// input) with the step vectors they are loaded into, and the gradient columns the adjoint fills;
-/// `finish` turns the columns back into T-row gradients.
+/// A token's step sizes β (DeltaNet), any distance apart (H in the batched layout); and their gradients.
 template <class Scalar>
-struct BaselineColumns {
-  Matrix<Scalar> Qc, Kc, Vc, dOc, gqc, gkc, gvc;
-  Vector<Scalar> q, k, v, go, gq, gk, gv;
-  BaselineColumns(const Matrix<Scalar>& Q, const Matrix<Scalar>& K, const Matrix<Scalar>& V, const Matrix<Scalar>& dO)
-      : Qc(Q.transpose()), Kc(K.transpose()), Vc(V.transpose()), dOc(dO.transpose()), gqc(Q.cols(), Q.rows()),
-        gkc(K.cols(), K.rows()), gvc(V.cols(), V.rows()), gq(Q.cols()), gk(K.cols()), gv(V.cols()) {}
-  void load(Eigen::Index t) {
-    q = Qc.col(t);
-    k = Kc.col(t);
-    v = Vc.col(t);
-  }
-  void load_adjoint(Eigen::Index t) {
-    load(t);
-    go = dOc.col(t);
-  }
-  void store(Eigen::Index t) {
-    gqc.col(t) = gq;
-    gkc.col(t) = gk;
-    gvc.col(t) = gv;
-  }
-  void finish(BaselineGradients<Scalar>& g) const {
-    g.dq = gqc.transpose();
-    g.dk = gkc.transpose();
-    g.dv = gvc.transpose();
-  }
+using TokenScalars = Eigen::Ref<const Vector<Scalar>, 0, Eigen::InnerStride<>>;
+template <class Scalar>
+using GradScalars = Eigen::Ref<Vector<Scalar>, 0, Eigen::InnerStride<>>;
+
+/// The baselines' adjoint accumulators: S̄ and (linear attention) z̄.
+template <class Scalar>
+struct BaselineAdjoint {
+  Matrix<Scalar> gS;
+  Vector<Scalar> gz;
 };
 
-}  // namespace detail
-
-/// Reverse mode through one head's linear-attention forward of T steps from (S0, z0) (docs/maths.md
-/// §9b): L = Σ_t ⟨d_o[t], o_t⟩ + ⟨dS_final, S_T⟩ + ⟨dz_final, z_T⟩ (either final term optional).
-/// Checkpoints every `checkpoint` steps as vla_backward does. Validates everything first.
+/// linear_attention_backward on token columns, with the roll-back's drift tolerance as a parameter
+/// (as vla_backward_columns; nothing validated here). Writes the token gradients' columns and dS0, dz0.
 template <class Scalar>
-BaselineGradients<Scalar> linear_attention_backward(const Matrix<Scalar>& S0, const Vector<Scalar>& z0,
-                                                    const Config& cfg, const Matrix<Scalar>& Q,
-                                                    const Matrix<Scalar>& K, const Matrix<Scalar>& V,
-                                                    const Matrix<Scalar>& dO, const Matrix<Scalar>* dS_final = nullptr,
-                                                    const Vector<Scalar>* dz_final = nullptr,
-                                                    Eigen::Index checkpoint = 64) {
-  const LinearAttentionState<Scalar> start(S0, z0, cfg);  // validates the config and the state
+void linear_attention_backward_columns(const LinearAttentionState<Scalar>& start, TokenColumns<Scalar> Qc,
+                                       TokenColumns<Scalar> Kc, TokenColumns<Scalar> Vc, TokenColumns<Scalar> dOc,
+                                       const Matrix<Scalar>* dS_final, const Vector<Scalar>* dz_final,
+                                       Eigen::Index checkpoint, BackwardStats* stats_out, BackwardStates states,
+                                       double tolerance, GradColumns<Scalar> gqc, GradColumns<Scalar> gkc,
+                                       GradColumns<Scalar> gvc, Matrix<Scalar>& dS0, Vector<Scalar>& dz0) {
+  const Eigen::Index T = Qc.cols(), n = start.dk(), m = start.dv();
+  const Config& cfg = start.config();
+  Vector<Scalar> o(m);
+  BaselineAdjoint<Scalar> adj{dS_final ? *dS_final : Matrix<Scalar>::Zero(m, n),
+                              dz_final ? *dz_final : Vector<Scalar>::Zero(n)};
+  BackwardStats stats;
+  BaselineStepRecords<Scalar> rec(m, T, false);
+  BaselineScratch<Scalar> x(n, m);
+  checkpointed_reverse<BaselineHeldState<Scalar>>(
+      start, T, checkpoint, states, tolerance, adj, stats,
+      [&](LinearAttentionState<Scalar>& st, Eigen::Index t) { st.step_unchecked(Qc.col(t), Kc.col(t), Vc.col(t), o); },
+      [&](const LinearAttentionState<Scalar>& st, Eigen::Index t) { rec.keep(st, t); },
+      [](Eigen::Index, Eigen::Index) { return true; },
+      [&](auto roll, Eigen::Index t0, Eigen::Index t1, auto&& held) {
+        for (Eigen::Index t = t1 - 1; t >= t0; --t)
+          linear_attention_adjoint<decltype(roll)::value>(held(t), rec, t, cfg, Qc.col(t), Kc.col(t), Vc.col(t),
+                                                          dOc.col(t), adj.gS, adj.gz, gqc.col(t), gkc.col(t),
+                                                          gvc.col(t), x, stats);
+      });
+  if (stats_out) *stats_out = stats;
+  dS0 = std::move(adj.gS);
+  dz0 = std::move(adj.gz);
+}
+
+/// deltanet_backward on token columns and step sizes (as linear_attention_backward_columns).
+template <class Scalar>
+void deltanet_backward_columns(const DeltaNetState<Scalar>& start, TokenColumns<Scalar> Qc, TokenColumns<Scalar> Kc,
+                               TokenColumns<Scalar> Vc, TokenScalars<Scalar> beta, TokenColumns<Scalar> dOc,
+                               const Matrix<Scalar>* dS_final, Eigen::Index checkpoint, BackwardStats* stats_out,
+                               BackwardStates states, double tolerance, GradColumns<Scalar> gqc,
+                               GradColumns<Scalar> gkc, GradColumns<Scalar> gvc, GradScalars<Scalar> gbeta,
+                               Matrix<Scalar>& dS0) {
+  const Eigen::Index T = Qc.cols(), n = start.dk(), m = start.dv();
+  Vector<Scalar> o(m);
+  BaselineAdjoint<Scalar> adj{dS_final ? *dS_final : Matrix<Scalar>::Zero(m, n), Vector<Scalar>()};
+  BackwardStats stats;
+  BaselineStepRecords<Scalar> rec(m, T, true);
+  BaselineScratch<Scalar> x(n, m);
+  checkpointed_reverse<BaselineHeldState<Scalar>>(
+      start, T, checkpoint, states, tolerance, adj, stats,
+      [&](DeltaNetState<Scalar>& st, Eigen::Index t) { st.step_unchecked(Qc.col(t), Kc.col(t), Vc.col(t), beta[t], o); },
+      [&](const DeltaNetState<Scalar>& st, Eigen::Index t) { rec.keep(st, t); },
+      [](Eigen::Index, Eigen::Index) { return true; },
+      [&](auto roll, Eigen::Index t0, Eigen::Index t1, auto&& held) {
+        for (Eigen::Index t = t1 - 1; t >= t0; --t)
+          deltanet_adjoint<decltype(roll)::value>(held(t), rec, t, beta[t], Qc.col(t), Kc.col(t), dOc.col(t), adj.gS,
+                                                  gqc.col(t), gkc.col(t), gvc.col(t), gbeta[t], x);
+      });
+  if (stats_out) *stats_out = stats;
+  dS0 = std::move(adj.gS);
+}
+
+/// linear_attention_backward's checks, then linear_attention_backward_columns on the rows turned into
+/// columns (as vla_backward_rows) and the gradients turned back.
+template <class Scalar>
+BaselineGradients<Scalar> linear_attention_backward_rows(const LinearAttentionState<Scalar>& start,
+                                                         const Matrix<Scalar>& Q, const Matrix<Scalar>& K,
+                                                         const Matrix<Scalar>& V, const Matrix<Scalar>& dO,
+                                                         const Matrix<Scalar>* dS_final, const Vector<Scalar>* dz_final,
+                                                         Eigen::Index checkpoint, BackwardStats* stats_out,
+                                                         BackwardStates states, double tolerance) {
   const Eigen::Index T = Q.rows(), n = start.dk(), m = start.dv();
-  detail::check_backward_rows<Scalar>("linear_attention_backward", n, m, checkpoint, Q, K, V, nullptr, dO);
+  check_backward_rows<Scalar>("linear_attention_backward", n, m, checkpoint, Q, K, V, nullptr, dO);
   auto need = [](bool ok, const char* what) {
     if (!ok) throw std::invalid_argument(std::string("vla::linear_attention_backward: ") + what);
   };
   if (dS_final) need(dS_final->rows() == m && dS_final->cols() == n && dS_final->allFinite(), "dS_final must be finite, dv × dk");
   if (dz_final) need(dz_final->size() == n && dz_final->allFinite(), "dz_final must be finite, of size dk");
-
-  detail::BaselineColumns<Scalar> c(Q, K, V, dO);
-  Vector<Scalar> o(m);
-  Matrix<Scalar> gS = dS_final ? *dS_final : Matrix<Scalar>::Zero(m, n);
-  Vector<Scalar> gz = dz_final ? *dz_final : Vector<Scalar>::Zero(n);
-  detail::BaselineScratch<Scalar> scratch(n, m);
+  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), dOc = dO.transpose();
+  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T);
+  BackwardStats stats;
   BaselineGradients<Scalar> g;
-  detail::checkpointed_reverse(
-      start, T, checkpoint,
-      [&](LinearAttentionState<Scalar>& st, Eigen::Index t) {
-        c.load(t);
-        st.step_unchecked(c.q, c.k, c.v, o);
-      },
-      [&](const LinearAttentionState<Scalar>& pre, Eigen::Index t) {
-        c.load_adjoint(t);
-        g.floored_steps +=
-            detail::linear_attention_step_adjoint(pre, cfg, c.q, c.k, c.v, c.go, gS, gz, c.gq, c.gk, c.gv, scratch);
-        c.store(t);
-      });
-  c.finish(g);
-  g.dS0 = gS;
-  g.dz0 = gz;
+  linear_attention_backward_columns<Scalar>(start, Qc, Kc, Vc, dOc, dS_final, dz_final, checkpoint, &stats, states,
+                                            tolerance, gqc, gkc, gvc, g.dS0, g.dz0);
+  g.dq = gqc.transpose();
+  g.dk = gkc.transpose();
+  g.dv = gvc.transpose();
+  g.floored_steps = stats.floored_steps;
+  if (stats_out) *stats_out = stats;
   return g;
 }
 
-/// Reverse mode through one head's DeltaNet forward of T steps from S0 with step sizes beta (T, each
-/// in (0, 1]) (docs/maths.md §9b): L = Σ_t ⟨d_o[t], o_t⟩ + ⟨dS_final, S_T⟩ (optional).
+/// deltanet_backward's checks, then deltanet_backward_columns (as linear_attention_backward_rows).
 template <class Scalar>
-BaselineGradients<Scalar> deltanet_backward(const Matrix<Scalar>& S0, const Matrix<Scalar>& Q, const Matrix<Scalar>& K,
-                                            const Matrix<Scalar>& V, const Vector<Scalar>& beta,
-                                            const Matrix<Scalar>& dO, const Matrix<Scalar>* dS_final = nullptr,
-                                            Eigen::Index checkpoint = 64) {
-  const DeltaNetState<Scalar> start(S0);  // validates the state
+BaselineGradients<Scalar> deltanet_backward_rows(const DeltaNetState<Scalar>& start, const Matrix<Scalar>& Q,
+                                                 const Matrix<Scalar>& K, const Matrix<Scalar>& V,
+                                                 const Vector<Scalar>& beta, const Matrix<Scalar>& dO,
+                                                 const Matrix<Scalar>* dS_final, Eigen::Index checkpoint,
+                                                 BackwardStats* stats_out, BackwardStates states, double tolerance) {
   const Eigen::Index T = Q.rows(), n = start.dk(), m = start.dv();
-  detail::check_backward_rows<Scalar>("deltanet_backward", n, m, checkpoint, Q, K, V, nullptr, dO);
+  check_backward_rows<Scalar>("deltanet_backward", n, m, checkpoint, Q, K, V, nullptr, dO);
   auto need = [](bool ok, const char* what) {
     if (!ok) throw std::invalid_argument(std::string("vla::deltanet_backward: ") + what);
   };
   need(beta.size() == T, "beta must have one entry per token");
   for (Eigen::Index t = 0; t < T; ++t) need(beta[t] > Scalar(0) && beta[t] <= Scalar(1), "beta must be in (0, 1]");
   if (dS_final) need(dS_final->rows() == m && dS_final->cols() == n && dS_final->allFinite(), "dS_final must be finite, dv × dk");
-
-  detail::BaselineColumns<Scalar> c(Q, K, V, dO);
-  Vector<Scalar> o(m);
-  Matrix<Scalar> gS = dS_final ? *dS_final : Matrix<Scalar>::Zero(m, n);
-  detail::BaselineScratch<Scalar> scratch(n, m);
+  const Matrix<Scalar> Qc = Q.transpose(), Kc = K.transpose(), Vc = V.transpose(), dOc = dO.transpose();
+  Matrix<Scalar> gqc(n, T), gkc(n, T), gvc(m, T);
   BaselineGradients<Scalar> g;
   g.dbeta.resize(T);
-  detail::checkpointed_reverse(
-      start, T, checkpoint,
-      [&](DeltaNetState<Scalar>& st, Eigen::Index t) {
-        c.load(t);
-        st.step_unchecked(c.q, c.k, c.v, beta[t], o);
-      },
-      [&](const DeltaNetState<Scalar>& pre, Eigen::Index t) {
-        c.load_adjoint(t);
-        detail::deltanet_step_adjoint(pre, c.q, c.k, c.v, beta[t], c.go, gS, c.gq, c.gk, c.gv, g.dbeta[t], scratch);
-        c.store(t);
-      });
-  c.finish(g);
-  g.dS0 = gS;
+  deltanet_backward_columns<Scalar>(start, Qc, Kc, Vc, beta, dOc, dS_final, checkpoint, stats_out, states, tolerance,
+                                    gqc, gkc, gvc, g.dbeta, g.dS0);
+  g.dq = gqc.transpose();
+  g.dk = gkc.transpose();
+  g.dv = gvc.transpose();
   return g;
+}
+
+}  // namespace detail
+
+/// Reverse mode through one head's linear-attention forward of T steps from (S0, z0) (docs/maths.md
+/// §9b, §9e): L = Σ_t ⟨d_o[t], o_t⟩ + ⟨dS_final, S_T⟩ + ⟨dz_final, z_T⟩ (either final term optional).
+/// As vla_backward: one forward pass keeps a checkpoint every `checkpoint` steps and each step's S₂q;
+/// the reverse holds one state and, with BackwardStates::roll_back (the default), undoes each step
+/// (S ← S₂ − v kᵀ, z ← z₂ − k), checked against every checkpoint (S and z, kRollBackTolerance) and the
+/// block run again from it above that; BackwardStates::recompute runs every block again (the forward's
+/// states: any interval gives the same bits). Memory: T·dv numbers of records, T/checkpoint states.
+/// Validates everything first.
+template <class Scalar>
+BaselineGradients<Scalar> linear_attention_backward(const Matrix<Scalar>& S0, const Vector<Scalar>& z0,
+                                                    const Config& cfg, const Matrix<Scalar>& Q,
+                                                    const Matrix<Scalar>& K, const Matrix<Scalar>& V,
+                                                    const Matrix<Scalar>& dO, const Matrix<Scalar>* dS_final = nullptr,
+                                                    const Vector<Scalar>* dz_final = nullptr,
+                                                    Eigen::Index checkpoint = 64, BackwardStats* stats_out = nullptr,
+                                                    BackwardStates states = BackwardStates::roll_back) {
+  const LinearAttentionState<Scalar> start(S0, z0, cfg);  // validates the config and the state
+  return detail::linear_attention_backward_rows<Scalar>(start, Q, K, V, dO, dS_final, dz_final, checkpoint, stats_out,
+                                                        states, kRollBackTolerance<Scalar>());
+}
+
+/// Reverse mode through one head's DeltaNet forward of T steps from S0 with step sizes beta (T, each
+/// in (0, 1]) (docs/maths.md §9b, §9e): L = Σ_t ⟨d_o[t], o_t⟩ + ⟨dS_final, S_T⟩ (optional). As
+/// linear_attention_backward, with each step's written vector β(v − S k̂) and key factor kept and
+/// the steps undone by S ← S₂ − β e k̂ᵀ (checked on S). Memory: T·(dv + 1) numbers, T/checkpoint states.
+template <class Scalar>
+BaselineGradients<Scalar> deltanet_backward(const Matrix<Scalar>& S0, const Matrix<Scalar>& Q, const Matrix<Scalar>& K,
+                                            const Matrix<Scalar>& V, const Vector<Scalar>& beta,
+                                            const Matrix<Scalar>& dO, const Matrix<Scalar>* dS_final = nullptr,
+                                            Eigen::Index checkpoint = 64, BackwardStats* stats_out = nullptr,
+                                            BackwardStates states = BackwardStates::roll_back) {
+  const DeltaNetState<Scalar> start(S0);  // validates the state
+  return detail::deltanet_backward_rows<Scalar>(start, Q, K, V, beta, dO, dS_final, checkpoint, stats_out, states,
+                                                kRollBackTolerance<Scalar>());
 }
 
 }  // namespace vla

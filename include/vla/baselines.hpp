@@ -39,8 +39,11 @@ class LinearAttentionState {
 
   Eigen::Index dk() const { return s_.cols(); }
   Eigen::Index dv() const { return s_.rows(); }
+  const Config& config() const { return cfg_; }
   const MatrixType& S() const { return s_; }
   const VectorType& z() const { return z_; }
+  /// The last step's S₂q (S after it, q unscaled): what the backward keeps of a step (docs/maths.md §9e).
+  const VectorType& last_sq() const { return sq_; }
 
   VLA_NOINLINE VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v) {
     check_step(q, k, v);
@@ -98,6 +101,11 @@ class DeltaNetState {
   Eigen::Index dk() const { return s_.cols(); }
   Eigen::Index dv() const { return s_.rows(); }
   const MatrixType& S() const { return s_; }
+  /// The last step's key factor (k̂ = kf·k; 0 for a zero key, which writes nothing) and, where it is
+  /// not 0, the vector it wrote, β(v − S k̂) (S before the step): what the backward keeps of a step
+  /// to undo it (docs/maths.md §9e).
+  Scalar last_key_factor() const { return kf_; }
+  const VectorType& last_write() const { return e_; }
 
   VLA_NOINLINE VectorType step(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
                                Scalar beta) {
@@ -124,6 +132,7 @@ class DeltaNetState {
   void step_unchecked(const VectorCRef<Scalar>& q, const VectorCRef<Scalar>& k, const VectorCRef<Scalar>& v,
                       Scalar beta, Out&& o) {
     const Scalar kf = detail::unit_factor<Scalar>(k);
+    kf_ = kf;
     // The same fused delta-rule write as VLA's (detail::delta_write), with write direction k̂.
     if (kf != Scalar(0)) {
       khat_.noalias() = k * kf;
@@ -139,6 +148,7 @@ class DeltaNetState {
  private:
   MatrixType s_;
   VectorType khat_, sk_, sq_, e_;
+  Scalar kf_ = 0;  // the last step's key factor (last_key_factor)
 };
 
 }  // namespace vla

@@ -345,80 +345,73 @@ struct BackendTraits<backend::Cpu> {
       if (Op::uses_z) finite(g.d_final_state.z, a.dk, "z");
     }
     const Eigen::Index checkpoint = opt.chunk > 0 ? opt.chunk : 64;
-    using RowsC = Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
-                             Eigen::OuterStride<>>;
-    using Rows = Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
     detail::parallel_ranges(pairs, opt.threads, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t p = begin; p < end; ++p) {
         const std::int64_t h = p % a.heads;
         const auto [first, len] = token_span(a.cu_seqlens, a.seq_len, p / a.heads);
+        const std::int64_t n_tok = len;  // a structured binding cannot be captured by a lambda in C++17 (clang)
         const std::int64_t xk = (first * a.heads + h) * a.dk, xv = (first * a.heads + h) * a.dv;
         const Eigen::OuterStride<> sk(a.heads * a.dk), sv(a.heads * a.dv);
         const auto& st = states[static_cast<std::size_t>(p)];
         const Matrix<Scalar> dS = has_dfinal ? Matrix<Scalar>(detail::CRowMat<Scalar>(g.d_final_state.S + p * a.dv * a.dk, a.dv, a.dk))
                                              : Matrix<Scalar>();
-        Matrix<Scalar> dq, dk, dv, dS0;
-        Vector<Scalar> dz0;
+        // One head's tokens are the columns of a d × len view of [tokens, H, d] (columns H·d apart):
+        // the single-head backward reads them and writes its gradients there, no copy (every buffer
+        // was validated above, before the workers started).
+        using ColsC = Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+        using Cols = Eigen::Map<Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+        const ColsC Qc(a.q + xk, a.dk, len, sk), Kc(a.k + xk, a.dk, len, sk), Vc(a.v + xv, a.dv, len, sv),
+            dOc(g.d_o + xv, a.dv, len, sv);
+        Matrix<Scalar> spare_k, spare_v;  // for the gradients not asked for
+        if (!g.d_q || !g.d_k || (Op::uses_u && !g.d_u)) spare_k.resize(a.dk, len);
+        if (!g.d_v) spare_v.resize(a.dv, len);
+        const Eigen::OuterStride<> spk(a.dk), spv(a.dv);
+        auto out_k = [&](Scalar* base) {
+          return base ? Cols(base + xk, a.dk, n_tok, sk) : Cols(spare_k.data(), a.dk, n_tok, spk);
+        };
+        const Cols out_v = g.d_v ? Cols(g.d_v + xv, a.dv, len, sv) : Cols(spare_v.data(), a.dv, len, spv);
+        // The states checked_states loaded, not snapshots of them: re-validating here (a VlaState built
+        // again, its Cholesky included) would check with other options than the caller's and throw
+        // from a worker after other pairs had written (see the comment at checked_states).
         if constexpr (std::is_same<Op, op::Vla>::value) {
-          // One head's tokens are the columns of a d × len view of [tokens, H, d] (columns H·d apart):
-          // the single-head backward reads them and writes its gradients there, no copy (every buffer
-          // was validated above, before the workers started).
-          using ColsC = Eigen::Map<const Matrix<Scalar>, 0, Eigen::OuterStride<>>;
-          using Cols = Eigen::Map<Matrix<Scalar>, 0, Eigen::OuterStride<>>;
-          const ColsC Qc(a.q + xk, a.dk, len, sk), Kc(a.k + xk, a.dk, len, sk), Uc(a.u + xk, a.dk, len, sk),
-              Vc(a.v + xv, a.dv, len, sv), dOc(g.d_o + xv, a.dv, len, sv);
-          Matrix<Scalar> spare_k, spare_v;  // for the gradients not asked for
-          if (!g.d_q || !g.d_k || !g.d_u) spare_k.resize(a.dk, len);
-          if (!g.d_v) spare_v.resize(a.dv, len);
-          const Eigen::OuterStride<> spk(a.dk), spv(a.dv);
-          const std::int64_t n_tok = len;  // a structured binding cannot be captured by a lambda in C++17 (clang)
-          auto out_k = [&](Scalar* base) {
-            return base ? Cols(base + xk, a.dk, n_tok, sk) : Cols(spare_k.data(), a.dk, n_tok, spk);
-          };
+          const ColsC Uc(a.u + xk, a.dk, len, sk);
           VlaSnapshot<Scalar> dfin;
           if (has_dfinal)
             dfin = {detail::CRowMat<Scalar>(g.d_final_state.A + p * a.dk * a.dk, a.dk, a.dk), dS,
                     detail::CMap<Scalar>(g.d_final_state.z + p * a.dk, a.dk), 0};
-          // The state checked_states loaded, not a snapshot of it: re-validating here (a VlaState built
-          // again, its Cholesky included) would check with other options than the caller's and throw
-          // from a worker after other pairs had written (see the comment at checked_states).
           const VlaSnapshot<Scalar> d0 = detail::vla_backward_columns<Scalar>(
               st, Qc, Kc, Vc, Uc, dOc, has_dfinal ? &dfin : nullptr, checkpoint, nullptr, BackwardStates::roll_back,
-              kRollBackTolerance<Scalar>(), out_k(g.d_q), out_k(g.d_k),
-              g.d_v ? Cols(g.d_v + xv, a.dv, len, sv) : Cols(spare_v.data(), a.dv, len, spv), out_k(g.d_u));
+              kRollBackTolerance<Scalar>(), out_k(g.d_q), out_k(g.d_k), out_v, out_k(g.d_u));
           if (want_dinit) {
             detail::RowMat<Scalar>(g.d_initial_state.A + p * a.dk * a.dk, a.dk, a.dk) = d0.A;
             detail::RowMat<Scalar>(g.d_initial_state.S + p * a.dv * a.dk, a.dv, a.dk) = d0.S;
             detail::MMap<Scalar>(g.d_initial_state.z + p * a.dk, a.dk) = d0.z;
           }
-          continue;
         } else {
-          // One head's rows, strided in [tokens, H, d], gathered into the single-head routine's matrices.
-          const Matrix<Scalar> Q = RowsC(a.q + xk, len, a.dk, sk), K = RowsC(a.k + xk, len, a.dk, sk),
-                               V = RowsC(a.v + xv, len, a.dv, sv), dO = RowsC(g.d_o + xv, len, a.dv, sv);
-          BaselineGradients<Scalar> r;
+          Matrix<Scalar> dS0;
+          Vector<Scalar> dz0;
           if constexpr (std::is_same<Op, op::LinearAttention>::value) {
             const Vector<Scalar> dz = has_dfinal ? Vector<Scalar>(detail::CMap<Scalar>(g.d_final_state.z + p * a.dk, a.dk))
                                                  : Vector<Scalar>();
-            r = linear_attention_backward<Scalar>(st.S(), st.z(), cfg, Q, K, V, dO, has_dfinal ? &dS : nullptr,
-                                                  has_dfinal ? &dz : nullptr, checkpoint);
+            detail::linear_attention_backward_columns<Scalar>(
+                st, Qc, Kc, Vc, dOc, has_dfinal ? &dS : nullptr, has_dfinal ? &dz : nullptr, checkpoint, nullptr,
+                BackwardStates::roll_back, kRollBackTolerance<Scalar>(), out_k(g.d_q), out_k(g.d_k), out_v, dS0, dz0);
           } else {
-            using BetaMap = Eigen::Map<const Vector<Scalar>, 0, Eigen::InnerStride<>>;
-            const Vector<Scalar> beta = BetaMap(a.beta + first * a.heads + h, len, Eigen::InnerStride<>(a.heads));
-            r = deltanet_backward<Scalar>(st.S(), Q, K, V, beta, dO, has_dfinal ? &dS : nullptr, checkpoint);
-            if (g.d_beta)
-              Eigen::Map<Vector<Scalar>, 0, Eigen::InnerStride<>>(g.d_beta + first * a.heads + h, len,
-                                                                  Eigen::InnerStride<>(a.heads)) = r.dbeta;
+            using Steps = Eigen::Map<const Vector<Scalar>, 0, Eigen::InnerStride<>>;
+            using GradSteps = Eigen::Map<Vector<Scalar>, 0, Eigen::InnerStride<>>;
+            Vector<Scalar> spare_beta;
+            if (!g.d_beta) spare_beta.resize(len);
+            const GradSteps gb = g.d_beta ? GradSteps(g.d_beta + first * a.heads + h, len, Eigen::InnerStride<>(a.heads))
+                                          : GradSteps(spare_beta.data(), len, Eigen::InnerStride<>(1));
+            detail::deltanet_backward_columns<Scalar>(
+                st, Qc, Kc, Vc, Steps(a.beta + first * a.heads + h, len, Eigen::InnerStride<>(a.heads)), dOc,
+                has_dfinal ? &dS : nullptr, checkpoint, nullptr, BackwardStates::roll_back,
+                kRollBackTolerance<Scalar>(), out_k(g.d_q), out_k(g.d_k), out_v, gb, dS0);
           }
-          dq = std::move(r.dq), dk = std::move(r.dk), dv = std::move(r.dv);
-          dS0 = std::move(r.dS0), dz0 = std::move(r.dz0);
-        }
-        if (g.d_q) Rows(g.d_q + xk, len, a.dk, sk) = dq;
-        if (g.d_k) Rows(g.d_k + xk, len, a.dk, sk) = dk;
-        if (g.d_v) Rows(g.d_v + xv, len, a.dv, sv) = dv;
-        if (want_dinit) {
-          detail::RowMat<Scalar>(g.d_initial_state.S + p * a.dv * a.dk, a.dv, a.dk) = dS0;
-          if (Op::uses_z) detail::MMap<Scalar>(g.d_initial_state.z + p * a.dk, a.dk) = dz0;
+          if (want_dinit) {
+            detail::RowMat<Scalar>(g.d_initial_state.S + p * a.dv * a.dk, a.dv, a.dk) = dS0;
+            if (Op::uses_z) detail::MMap<Scalar>(g.d_initial_state.z + p * a.dk, a.dk) = dz0;
+          }
         }
       }
     });
