@@ -7,7 +7,8 @@
 #   bash bench/gpu/run_gpu.sh [--quick]        logs and CSVs go to $OUT (default: build-gpu/out)
 #   VLA_GPU_VARIANTS=ON also builds, tests and times the variant kernels (cmake/VlaCuda.cmake), with
 #   VLA_GPU_VARIANT_DEFS="A=1;B=1" as their knobs if set (e.g. the backward's, vla/cuda/README.md);
-#   VLA_CTEST_EXCLUDE=regex leaves matching tests out (e.g. _v1$: build and time the variant only).
+#   VLA_CTEST_EXCLUDE=regex leaves matching tests out (e.g. _v1$: build and time the variant only);
+#   VLA_V1_BENCH_ARGS are the variant bench's arguments (e.g. --only-backward for the backward's knobs).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 quick=""
@@ -47,7 +48,7 @@ echo "== benches: vla kernels"
 timeout 300 "$build/bench/gpu/vla_gpu_bench" $quick --csv "$out/ours.csv" 2>&1 | tee "$out/bench.log"
 if [ -x "$build/bench/gpu/vla_gpu_bench_v1" ]; then
   echo "== benches: variant kernels (v1)"
-  timeout 150 "$build/bench/gpu/vla_gpu_bench_v1" $quick --csv "$out/ours_v1.csv" 2>&1 | tee -a "$out/bench.log"
+  timeout 150 "$build/bench/gpu/vla_gpu_bench_v1" $quick ${VLA_V1_BENCH_ARGS:-} --csv "$out/ours_v1.csv" 2>&1 | tee -a "$out/bench.log"
 fi
 echo "== benches: peers"
 timeout 300 python3 "$root/bench/gpu/peers.py" $quick --csv "$out/peers.csv" 2>&1
