@@ -1,6 +1,8 @@
 """Tests of vla_torch (python/vla_torch): the operator against a plain-PyTorch float64 loop of
 docs/maths.md §2 written here (its forward, and its gradients through torch.autograd), gradcheck,
-opcheck, varlen and bad input. They need torch; without it they are reported skipped.
+opcheck, varlen and bad input; and the CUDA operators against the CPU one in float64 (where a GPU
+and a CUDA build are present; else those are reported skipped). They need torch; without it they
+are reported skipped.
 
     python3 -m pytest python/tests -q        (from the repository root)
 """
@@ -208,3 +210,116 @@ def test_layer_is_the_authors_composition_with_their_names():
     assert rel(torch.cat([y1, y2], dim=1), y) < 1e-13
     (y * y).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+# ---- CUDA tensors: vla's CUDA backend against the CPU operator in float64 ---------------------------
+# (The CPU operator is the reference here: it is checked above against the loop of §2.) Tolerances
+# are relative RMS over a whole tensor, per token dtype: float32 tokens run float arithmetic
+# (docs/cuda.md: ≤ 1e-6 on o against float64), float16/bfloat16 tokens are rounded on the way in
+# and out (o rounds to 2^-11 / 2^-8 relative).
+
+def _has_cuda_ops():
+    return torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("vla::vla_forward", "CUDA")
+
+
+cuda_only = pytest.mark.skipif(not _has_cuda_ops(), reason="needs a GPU and vla_torch built with CUDA")
+TOL_O = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+TOL_GRAD = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+def _gpu_inputs(dtype, B, T, H, dk, dv, seed):
+    """Tokens rounded to `dtype` once; the float64 CPU copies hold the same values."""
+    q, k, v, u = inputs(B=B, T=T, H=H, dk=dk, dv=dv, seed=seed)
+    low = [x.to(dtype) for x in (q, k, v, u)]
+    return [x.cuda() for x in low], [x.double() for x in low]
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("T", [77, 300])  # T = 300: the chunked path (from 256 tokens), 77: the recurrent
+def test_cuda_forward_against_cpu_float64(dtype, T):
+    dk = dv = 32
+    gpu, cpu = _gpu_inputs(dtype, 2, T, 3, dk, dv, seed=11)
+    st64 = some_state(2, 3, dk, dv)
+    st_gpu = tuple(x.float().cuda() if x.is_floating_point() else x.cuda() for x in st64)
+    o, (A, S, z, steps) = vla_torch.vla(*gpu, initial_state=st_gpu)
+    ro, (rA, rS, rz, rsteps) = vla_torch.vla(*cpu, initial_state=st64)
+    assert o.dtype == dtype and A.dtype == S.dtype == z.dtype == torch.float32 and o.is_cuda
+    assert rel(o.double().cpu(), ro) < TOL_O[dtype]
+    for a, b in ((A, rA), (S, rS), (z, rz)):
+        assert rel(a.double().cpu(), b) < max(TOL_O[dtype], 1e-4)
+    assert torch.equal(steps.cpu(), rsteps)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_gradients_against_cpu_float64(dtype):
+    B, T, H, dk, dv = 2, 100, 2, 32, 64
+    gpu, cpu = _gpu_inputs(dtype, B, T, H, dk, dv, seed=12)
+    gpu = [x.requires_grad_() for x in gpu]
+    cpu = [x.requires_grad_() for x in cpu]
+    st64 = [x.clone().requires_grad_() if x.is_floating_point() else x for x in some_state(B, H, dk, dv)]
+    st_gpu = [x.detach().float().cuda().requires_grad_() if x.is_floating_point() else x.cuda() for x in st64]
+    g = torch.Generator().manual_seed(13)
+    wo = torch.randn(B, T, H, dv, generator=g, dtype=torch.float64)
+    wS = torch.randn(B, H, dv, dk, generator=g, dtype=torch.float64)
+    o, (A, S, z, _) = vla_torch.vla(*gpu, initial_state=tuple(st_gpu))
+    ((o.float() * wo.float().cuda()).sum() + (S * wS.float().cuda()).sum() + z.sum()).backward()
+    ro, (rA, rS, rz, _) = vla_torch.vla(*cpu, initial_state=tuple(st64))
+    ((ro * wo).sum() + (rS * wS).sum() + rz.sum()).backward()
+    for name, a, b in zip("qkvu", gpu, cpu):
+        assert a.grad.dtype == dtype
+        assert rel(a.grad.double().cpu(), b.grad) < TOL_GRAD[dtype], name
+    for name, a, b in zip(["A0", "S0", "z0"], st_gpu[:3], st64[:3]):
+        assert a.grad.dtype == torch.float32
+        assert rel(a.grad.double().cpu(), b.grad) < TOL_GRAD[dtype], name
+
+
+@cuda_only
+def test_cuda_varlen_against_cpu_and_cu_seqlens_on_either_device():
+    dk = dv = 64
+    gpu, cpu = _gpu_inputs(torch.float32, 1, 700, 2, dk, dv, seed=14)
+    cu = torch.tensor([0, 5, 5, 400, 700], dtype=torch.int64)
+    o, (A, S, z, steps) = vla_torch.vla(*gpu, cu_seqlens=cu)
+    o2, (A2, S2, z2, steps2) = vla_torch.vla(*gpu, cu_seqlens=cu.cuda())
+    assert torch.equal(o, o2) and torch.equal(A, A2) and torch.equal(S, S2) and torch.equal(steps, steps2)
+    ro, (rA, rS, rz, rsteps) = vla_torch.vla(*cpu, cu_seqlens=cu)
+    assert rel(o.double().cpu(), ro) < TOL_O[torch.float32]
+    assert rel(S.double().cpu(), rS) < 1e-4 and torch.equal(steps.cpu(), rsteps)
+
+
+@cuda_only
+def test_cuda_unaligned_and_strided_views_are_accepted():
+    dk = dv = 32
+    gpu, cpu = _gpu_inputs(torch.float32, 1, 40, 2, dk + 1, dv + 1, seed=15)
+    strided = [x[..., 1:] for x in gpu]  # not contiguous
+    unaligned = []
+    for x in strided:  # contiguous, but starting 4 bytes past a 16-byte boundary
+        flat = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+        flat[1:] = x.flatten()
+        unaligned.append(flat[1:].view(x.shape))
+    assert unaligned[0].is_contiguous() and unaligned[0].data_ptr() % 16
+    ro, _ = vla_torch.vla(*[x[..., 1:].contiguous() for x in cpu])
+    for xs in (strided, unaligned):
+        o, _ = vla_torch.vla(*xs)
+        assert rel(o.double().cpu(), ro) < TOL_O[torch.float32]
+
+
+@cuda_only
+def test_cuda_opcheck():
+    gpu, _ = _gpu_inputs(torch.float32, 1, 9, 2, 32, 32, seed=16)
+    torch.library.opcheck(torch.ops.vla.vla_forward.default, tuple(gpu) + (None,) * 5 + CFG.args())
+
+
+@cuda_only
+def test_cuda_bad_input_is_refused():
+    gpu, _ = _gpu_inputs(torch.float32, 1, 8, 1, 32, 32, seed=17)
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        vla_torch.vla(*[x.double() for x in gpu])
+    with pytest.raises(RuntimeError, match="one device"):
+        vla_torch.vla(gpu[0], gpu[1].cpu(), gpu[2], gpu[3])
+    odd, _ = _gpu_inputs(torch.float32, 1, 8, 1, 48, 48, seed=18)
+    with pytest.raises(RuntimeError, match="dk"):  # vla's CUDA backend: dk, dv ∈ {32, 64, 128}
+        vla_torch.vla(*odd)
+    with pytest.raises(RuntimeError, match="lambda0"):
+        vla_torch.vla(*gpu, config=vla_torch.Config(lambda0=0.0))

@@ -5,12 +5,17 @@
     o.sum().backward()                                        # gradients through vla's backward (§9)
 
 The operators are ``torch.ops.vla.vla_forward`` and ``torch.ops.vla.vla_backward`` (TORCH_LIBRARY
-"vla", csrc/ops.cpp), CPU tensors in float32 or float64, run by vla's Eigen backend; autograd and
-fake (meta) kernels are registered here, so ``torch.library.opcheck`` passes and ``torch.compile`` traces
-them. q, k and u are used as given: apply the feature map (ELU + 1 on q and k, as the paper's layer
+"vla", csrc/ops.cpp). CPU tensors (float32 or float64) run vla's Eigen backend; CUDA tensors
+(float32, float16 or bfloat16 tokens, the state float32) run vla's CUDA kernels on the current
+stream (docs/cuda.md: the chunked forward from 256 tokens, the recurrent one below; the recurrent
+backward with checkpoints), where the extension was built with CUDA. Autograd and fake (meta)
+kernels are registered here, so ``torch.library.opcheck`` passes and ``torch.compile`` traces them.
+q, k and u are used as given: apply the feature map (ELU + 1 on q and k, as the paper's layer
 does) before the call. The extension is the one ``pip install ./python`` built (vla_torch._C), or,
 failing that, compiled on first import by ``torch.utils.cpp_extension.load`` (needs a C++17
-compiler, ninja and Eigen's headers: ``VLA_EIGEN_INCLUDE``, default /usr/include/eigen3).
+compiler, ninja and Eigen's headers: ``VLA_EIGEN_INCLUDE``, default /usr/include/eigen3). The CUDA
+operators are built when torch has CUDA and nvcc is found (``VLA_TORCH_CUDA=0`` turns them off);
+the kernels are built for ``TORCH_CUDA_ARCH_LIST`` (vla's are tuned for 9.0, Hopper).
 """
 import os
 from dataclasses import dataclass
@@ -31,13 +36,19 @@ def _load_extension():
 
     repo_include = os.environ.get("VLA_INCLUDE", os.path.join(_here, "..", "..", "include"))
     eigen = os.environ.get("VLA_EIGEN_INCLUDE", "/usr/include/eigen3")
+    from ._build import build_options
+
+    sources, defines, nvcc, with_cuda = build_options(os.path.join(_here, "csrc"))
+    flags = [f"-D{d}" for d in defines]
     load(
-        name="vla_torch_ops",
-        sources=[os.path.join(_here, "csrc", "ops.cpp")],
+        name="vla_torch_ops_cuda" if with_cuda else "vla_torch_ops",
+        sources=sources,
         extra_include_paths=[os.path.abspath(repo_include), eigen],
-        extra_cflags=["-O3"],  # the standard is torch's own (C++17 or C++20); vla builds with both
+        extra_cflags=["-O3"] + flags,  # the standard is torch's own (C++17 or C++20); vla builds with both
+        extra_cuda_cflags=nvcc + flags,
+        with_cuda=with_cuda,
         is_python_module=False,
-        verbose=False,
+        verbose=os.environ.get("VLA_TORCH_VERBOSE", "0") == "1",
     )
 
 
@@ -60,6 +71,11 @@ class Config:
                 float(self.denom_eps), bool(self.normalize_output))
 
 
+def _state_dtype(q):
+    """The state's dtype: the tokens' on the CPU (float32, float64), float32 for float16/bfloat16."""
+    return torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+
+
 def _state_shapes(q, v, cu_seqlens):
     n = q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
     h, dk, dv = q.shape[2], q.shape[3], v.shape[3]
@@ -71,15 +87,18 @@ def _forward_fake(q, k, v, u, cu_seqlens, A0, S0, z0, steps0, lambda0, stab_eps,
                   denom_eps, normalize_output):
     a, s, z, st = _state_shapes(q, v, cu_seqlens)
     o = q.new_empty(q.shape[:3] + (v.shape[3],))
-    return o, q.new_empty(a), q.new_empty(s), q.new_empty(z), q.new_empty(st, dtype=torch.int64)
+    sd = _state_dtype(q)
+    return (o, q.new_empty(a, dtype=sd), q.new_empty(s, dtype=sd), q.new_empty(z, dtype=sd),
+            q.new_empty(st, dtype=torch.int64))
 
 
 @torch.library.register_fake("vla::vla_backward")
 def _backward_fake(q, k, v, u, cu_seqlens, A0, S0, z0, steps0, d_o, dA, dS, dz, lambda0, stab_eps, refresh_period,
                    refresh_eps, denom_eps, normalize_output):
     a, s, z, _ = _state_shapes(q, v, cu_seqlens)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(u), q.new_empty(a),
-            q.new_empty(s), q.new_empty(z))
+    sd = _state_dtype(q)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(u),
+            q.new_empty(a, dtype=sd), q.new_empty(s, dtype=sd), q.new_empty(z, dtype=sd))
 
 
 def _setup_context(ctx, inputs, output):
