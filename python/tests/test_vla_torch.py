@@ -323,3 +323,155 @@ def test_cuda_bad_input_is_refused():
         vla_torch.vla(*odd)
     with pytest.raises(RuntimeError, match="lambda0"):
         vla_torch.vla(*gpu, config=vla_torch.Config(lambda0=0.0))
+
+
+# ---- the baselines (docs/maths.md §7) ------------------------------------------------------------
+
+def reference_la(q, k, v, state=None, eps=CFG.denom_eps):
+    """Linear attention of §7 by the token, batched over (B, H): S ← S + v kᵀ, z ← z + k, o = S q / max(zᵀq, ε)."""
+    B, T, H, dk = q.shape
+    S = q.new_zeros(B, H, v.shape[3], dk) if state is None else state[0]
+    z = q.new_zeros(B, H, dk) if state is None else state[1]
+    outs = []
+    for t in range(T):
+        S = S + v[:, t].unsqueeze(-1) * k[:, t].unsqueeze(-2)
+        z = z + k[:, t]
+        den = torch.clamp((z * q[:, t]).sum(-1), min=eps)
+        outs.append((S @ q[:, t].unsqueeze(-1)).squeeze(-1) / den[..., None])
+    return torch.stack(outs, dim=1), S, z
+
+
+def reference_dn(q, k, v, beta, S=None):
+    """DeltaNet of §7 by the token: k̂ = k/‖k‖, S ← S + β (v − S k̂) k̂ᵀ, o = S q."""
+    B, T, H, dk = q.shape
+    S = q.new_zeros(B, H, v.shape[3], dk) if S is None else S
+    outs = []
+    for t in range(T):
+        kh = k[:, t] / k[:, t].norm(dim=-1, keepdim=True)
+        e = v[:, t] - (S @ kh.unsqueeze(-1)).squeeze(-1)
+        S = S + beta[:, t, :, None, None] * e.unsqueeze(-1) * kh.unsqueeze(-2)
+        outs.append((S @ q[:, t].unsqueeze(-1)).squeeze(-1))
+    return torch.stack(outs, dim=1), S
+
+
+def some_beta(B, T, H, dtype=torch.float64, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, T, H, generator=g, dtype=dtype) * 0.9 + 0.05
+
+
+def test_linear_attention_forward_and_gradients_match_the_loop():
+    q, k, v, _ = (x.clone().requires_grad_() for x in inputs(T=9))
+    S0, z0 = (some_state(2, 2, 4, 3)[i].clone().requires_grad_() for i in (1, 2))
+    g = torch.Generator().manual_seed(8)
+    wo, wS = torch.randn(2, 9, 2, 3, generator=g, dtype=torch.float64), torch.randn(2, 2, 3, 4, generator=g, dtype=torch.float64)
+    o, (S, z) = vla_torch.linear_attention(q, k, v, initial_state=(S0, z0))
+    ro, rS, rz = reference_la(q, k, v, state=(S0, z0))
+    assert rel(o, ro) < 1e-13 and rel(S, rS) < 1e-13 and rel(z, rz) < 1e-13
+    ((o * wo).sum() + (S * wS).sum() + z.sum()).backward()
+    ours = [x.grad.clone() for x in (q, k, v, S0, z0)]
+    for x in (q, k, v, S0, z0):
+        x.grad = None
+    ((ro * wo).sum() + (rS * wS).sum() + rz.sum()).backward()
+    for name, a, x in zip(["q", "k", "v", "S0", "z0"], ours, (q, k, v, S0, z0)):
+        assert rel(a, x.grad) < 1e-10, name
+
+
+def test_deltanet_forward_and_gradients_match_the_loop():
+    q, k, v, _ = (x.clone().requires_grad_() for x in inputs(T=9))
+    beta = some_beta(2, 9, 2).requires_grad_()
+    S0 = some_state(2, 2, 4, 3)[1].clone().requires_grad_()
+    g = torch.Generator().manual_seed(9)
+    wo, wS = torch.randn(2, 9, 2, 3, generator=g, dtype=torch.float64), torch.randn(2, 2, 3, 4, generator=g, dtype=torch.float64)
+    o, S = vla_torch.deltanet(q, k, v, beta, initial_state=S0)
+    ro, rS = reference_dn(q, k, v, beta, S=S0)
+    assert rel(o, ro) < 1e-13 and rel(S, rS) < 1e-13
+    ((o * wo).sum() + (S * wS).sum()).backward()
+    ours = [x.grad.clone() for x in (q, k, v, beta, S0)]
+    for x in (q, k, v, beta, S0):
+        x.grad = None
+    ((ro * wo).sum() + (rS * wS).sum()).backward()
+    for name, a, x in zip(["q", "k", "v", "beta", "S0"], ours, (q, k, v, beta, S0)):
+        assert rel(a, x.grad) < 1e-10, name
+
+
+def test_baselines_gradcheck_and_opcheck():
+    q, k, v, _ = (x.clone().requires_grad_() for x in inputs(B=1, T=5, H=1, dk=3, dv=2))
+    beta = some_beta(1, 5, 1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda q, k, v: vla_torch.linear_attention(q, k, v)[0], (q, k, v), eps=1e-6,
+                                    atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(lambda q, k, v, b: vla_torch.deltanet(q, k, v, b), (q, k, v, beta), eps=1e-6,
+                                    atol=1e-7, rtol=1e-5)
+    q, k, v, _ = inputs(B=1, T=4, H=2, dk=3, dv=2)
+    torch.library.opcheck(torch.ops.vla.linear_attention_forward.default, (q, k, v, None, None, None) + CFG.args())
+    torch.library.opcheck(torch.ops.vla.deltanet_forward.default, (q, k, v, some_beta(1, 4, 2), None, None) + CFG.args())
+
+
+def test_baselines_varlen_is_the_sequences_one_by_one():
+    q, k, v, _ = inputs(B=1, T=10, H=2)
+    beta = some_beta(1, 10, 2)
+    cu = torch.tensor([0, 4, 4, 10], dtype=torch.int64)
+    o, (S, z) = vla_torch.linear_attention(q, k, v, cu_seqlens=cu)
+    od, Sd = vla_torch.deltanet(q, k, v, beta, cu_seqlens=cu)
+    for n in range(3):
+        a, b = int(cu[n]), int(cu[n + 1])
+        on, (Sn, zn) = vla_torch.linear_attention(q[:, a:b], k[:, a:b], v[:, a:b])
+        odn, Sdn = vla_torch.deltanet(q[:, a:b], k[:, a:b], v[:, a:b], beta[:, a:b])
+        assert torch.equal(o[:, a:b], on) and torch.equal(S[n], Sn[0]) and torch.equal(z[n], zn[0])
+        assert torch.equal(od[:, a:b], odn) and torch.equal(Sd[n], Sdn[0])
+
+
+def test_baselines_bad_input_is_refused():
+    q, k, v, _ = inputs()
+    with pytest.raises(RuntimeError, match="beta must be"):
+        vla_torch.deltanet(q, k, v, some_beta(2, 7, 2) * 0)  # β = 0 is outside (0, 1]
+    with pytest.raises(RuntimeError, match=r"beta must be \[B, T, H\]"):
+        vla_torch.deltanet(q, k, v, some_beta(2, 6, 2))
+    with pytest.raises(RuntimeError, match="initial state"):
+        torch.ops.vla.linear_attention_forward(q, k, v, None, torch.zeros(2, 2, 3, 4, dtype=torch.float64), None,
+                                               *CFG.args())
+
+
+def test_baseline_layers_are_their_compositions():
+    torch.manual_seed(4)
+    la = vla_torch.LinearAttention(d_model=8, n_heads=2).double()
+    dn = vla_torch.DeltaNetAttention(d_model=8, n_heads=2).double()
+    assert sorted(la.state_dict()) == sorted(["Wq.weight", "Wq.bias", "Wk.weight", "Wk.bias", "Wv.weight", "Wv.bias",
+                                              "Wo.weight", "Wo.bias"])
+    assert "Wbeta.weight" in dn.state_dict()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    heads = (2, 5, 2, 4)
+    y, _ = la(x)
+    ro, _, _ = reference_la((torch.nn.functional.elu(la.Wq(x)) + 1).reshape(heads),
+                            (torch.nn.functional.elu(la.Wk(x)) + 1).reshape(heads), la.Wv(x).reshape(heads), eps=1e-6)
+    assert rel(y, la.Wo(ro.reshape(2, 5, 8))) < 1e-12
+    y, _ = dn(x)
+    ro, _ = reference_dn((torch.nn.functional.elu(dn.Wq(x)) + 1).reshape(heads), dn.Wk(x).reshape(heads),
+                         dn.Wv(x).reshape(heads), torch.sigmoid(dn.Wbeta(x)))
+    assert rel(y, dn.Wo(ro.reshape(2, 5, 8))) < 1e-12
+    # A stream split in two continues from the state.
+    y1, st = la(x[:, :2])
+    y2, _ = la(x[:, 2:], state=st)
+    assert rel(torch.cat([y1, y2], dim=1), la(x)[0]) < 1e-13
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_baselines_forward_against_cpu_float64(dtype):
+    dk = dv = 64
+    gpu, cpu = _gpu_inputs(dtype, 2, 300, 2, dk, dv, seed=19)
+    beta64 = some_beta(2, 300, 2).to(dtype).double()
+    o, (S, z) = vla_torch.linear_attention(*gpu[:3])
+    ro, (rS, rz) = vla_torch.linear_attention(*cpu[:3])
+    assert S.dtype == torch.float32 and rel(o.double().cpu(), ro) < TOL_O[dtype] and rel(S.double().cpu(), rS) < 1e-4
+    o, S = vla_torch.deltanet(*gpu[:3], beta64.to(dtype).cuda())
+    ro, rS = vla_torch.deltanet(*cpu[:3], beta64)
+    assert rel(o.double().cpu(), ro) < TOL_O[dtype] and rel(S.double().cpu(), rS) < 1e-4
+
+
+@cuda_only
+def test_cuda_baselines_backward_says_it_is_not_built():
+    gpu, _ = _gpu_inputs(torch.float32, 1, 8, 1, 32, 32, seed=20)
+    q, k, v = (x.requires_grad_() for x in gpu[:3])
+    o, _ = vla_torch.linear_attention(q, k, v)
+    with pytest.raises(RuntimeError, match="CPU"):
+        o.sum().backward()

@@ -131,6 +131,91 @@ def vla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
     return o, (A, S, z, steps)
 
 
+# ---- the baselines of docs/maths.md §7: linear attention (state S, z) and DeltaNet (state S) -------
+
+def _out_shape(q, v):
+    return q.shape[:3] + (v.shape[3],)
+
+
+@torch.library.register_fake("vla::linear_attention_forward")
+def _la_forward_fake(q, k, v, cu_seqlens, S0, z0, *config):
+    _, s, z, _ = _state_shapes(q, v, cu_seqlens)
+    sd = _state_dtype(q)
+    return q.new_empty(_out_shape(q, v)), q.new_empty(s, dtype=sd), q.new_empty(z, dtype=sd)
+
+
+@torch.library.register_fake("vla::linear_attention_backward")
+def _la_backward_fake(q, k, v, cu_seqlens, S0, z0, d_o, dS, dz, *config):
+    _, s, z, _ = _state_shapes(q, v, cu_seqlens)
+    sd = _state_dtype(q)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), q.new_empty(s, dtype=sd),
+            q.new_empty(z, dtype=sd))
+
+
+@torch.library.register_fake("vla::deltanet_forward")
+def _dn_forward_fake(q, k, v, beta, cu_seqlens, S0, *config):
+    _, s, _, _ = _state_shapes(q, v, cu_seqlens)
+    return q.new_empty(_out_shape(q, v)), q.new_empty(s, dtype=_state_dtype(q))
+
+
+@torch.library.register_fake("vla::deltanet_backward")
+def _dn_backward_fake(q, k, v, beta, cu_seqlens, S0, d_o, dS, *config):
+    _, s, _, _ = _state_shapes(q, v, cu_seqlens)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta),
+            q.new_empty(s, dtype=_state_dtype(q)))
+
+
+def _saving(n_tensors, state_at):
+    """setup_context for an op whose first n_tensors inputs are tensors (or None), the config after."""
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*(x if isinstance(x, torch.Tensor) else None for x in inputs[:n_tensors]))
+        ctx.config = inputs[n_tensors:]
+        ctx.has_state = inputs[state_at] is not None
+    return setup
+
+
+def _la_backward(ctx, d_o, dS, dz):
+    q, k, v, cu, S0, z0 = ctx.saved_tensors
+    dq, dk, dv, dS0, dz0 = torch.ops.vla.linear_attention_backward(
+        q, k, v, cu, S0, z0, d_o.contiguous() if d_o is not None else torch.zeros_like(v), dS, dz, *ctx.config)
+    state_grads = (dS0, dz0) if ctx.has_state else (None, None)
+    return (dq, dk, dv, None) + state_grads + (None,) * 6
+
+
+def _dn_backward(ctx, d_o, dS):
+    q, k, v, beta, cu, S0 = ctx.saved_tensors
+    dq, dk, dv, dbeta, dS0 = torch.ops.vla.deltanet_backward(
+        q, k, v, beta, cu, S0, d_o.contiguous() if d_o is not None else torch.zeros_like(v), dS, *ctx.config)
+    return (dq, dk, dv, dbeta, None, dS0 if ctx.has_state else None) + (None,) * 6
+
+
+torch.library.register_autograd("vla::linear_attention_forward", _la_backward, setup_context=_saving(6, 4))
+torch.library.register_autograd("vla::deltanet_forward", _dn_backward, setup_context=_saving(6, 5))
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     initial_state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                     cu_seqlens: Optional[torch.Tensor] = None, config: Config = Config()):
+    """Linear attention (docs/maths.md §7): S ← S + v kᵀ, z ← z + k, o = S q / max(zᵀq, denom_eps)
+    (with normalize_output; o = S q without). q, k [B, T, H, dk], v [B, T, H, dv], as given (apply
+    the feature map first). Returns o and the final state (S, z); initial_state the same (None:
+    zeros). Differentiable in q, k, v, S0, z0. On CUDA tensors the backward is not built yet (an
+    error says so; run it on CPU tensors)."""
+    S0, z0 = initial_state if initial_state is not None else (None, None)
+    o, S, z = torch.ops.vla.linear_attention_forward(q, k, v, cu_seqlens, S0, z0, *config.args())
+    return o, (S, z)
+
+
+def deltanet(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+             initial_state: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
+             config: Config = Config()):
+    """DeltaNet (docs/maths.md §7): k̂ = k/‖k‖, S ← S + β (v − S k̂) k̂ᵀ, o = S q; beta [B, T, H] in
+    (0, 1]. Returns o and the final S; initial_state is S0 (None: zeros). Differentiable in q, k, v,
+    beta, S0. On CUDA tensors the backward is not built yet (an error says so)."""
+    o, S = torch.ops.vla.deltanet_forward(q, k, v, beta, cu_seqlens, initial_state, *config.args())
+    return o, S
+
+
 class VLAAttention(torch.nn.Module):
     """The multi-head VLA layer as the authors' VLAv3Attn (notebooks/07) computes it and as vla's C++
     layer does (include/vla/layers/attention.hpp, docs/layers.md): q = ELU(Wq x) + 1, k_raw = Wk x,
@@ -167,4 +252,58 @@ class VLAAttention(torch.nn.Module):
         return self.Wo(self.norm_o(o.reshape(B, T, self.d_model))), state
 
 
-__all__ = ["Config", "VLAAttention", "vla"]
+
+
+class LinearAttention(torch.nn.Module):
+    """The authors' LinearAttn layer (notebooks/07) over vla's linear attention, as vla's C++ layer
+    computes it (docs/layers.md, kind linear_attention): q = ELU(Wq x) + 1, k = ELU(Wk x) + 1,
+    v = Wv x, split into heads; o = S q / max(zᵀq, ε) with their ε = 1e-6; heads merged; Wo.
+    Their parameter names (Wq, Wk, Wv, Wo). forward(x, state=None) -> (y, (S, z))."""
+
+    def __init__(self, d_model: int, n_heads: int, eps: float = 1e-6):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError("vla_torch.LinearAttention: d_model must be a multiple of n_heads")
+        self.d_model, self.n_heads, self.config = d_model, n_heads, Config(denom_eps=eps)
+        self.Wq = torch.nn.Linear(d_model, d_model)
+        self.Wk = torch.nn.Linear(d_model, d_model)
+        self.Wv = torch.nn.Linear(d_model, d_model)
+        self.Wo = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, state=None):
+        B, T, _ = x.shape
+        heads = (B, T, self.n_heads, self.d_model // self.n_heads)
+        q = (torch.nn.functional.elu(self.Wq(x)) + 1).reshape(heads)
+        k = (torch.nn.functional.elu(self.Wk(x)) + 1).reshape(heads)
+        o, state = linear_attention(q, k, self.Wv(x).reshape(heads), initial_state=state, config=self.config)
+        return self.Wo(o.reshape(B, T, self.d_model)), state
+
+
+class DeltaNetAttention(torch.nn.Module):
+    """vla's DeltaNet layer (docs/layers.md, kind deltanet; docs/maths.md §7): q = ELU(Wq x) + 1,
+    k = Wk x (the op uses k/‖k‖), v = Wv x, β = sigmoid(Wbeta x) one per head (Wbeta [H, d_model];
+    a β that rounds to 0 becomes the smallest normal value, as in the C++ layer); the delta rule;
+    heads merged; Wo. Names as vla::io::AttentionNames::authors_multihead. forward(x, state=None)
+    -> (y, S)."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError("vla_torch.DeltaNetAttention: d_model must be a multiple of n_heads")
+        self.d_model, self.n_heads = d_model, n_heads
+        self.Wq = torch.nn.Linear(d_model, d_model)
+        self.Wk = torch.nn.Linear(d_model, d_model)
+        self.Wv = torch.nn.Linear(d_model, d_model)
+        self.Wbeta = torch.nn.Linear(d_model, n_heads)
+        self.Wo = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, state=None):
+        B, T, _ = x.shape
+        heads = (B, T, self.n_heads, self.d_model // self.n_heads)
+        q = (torch.nn.functional.elu(self.Wq(x)) + 1).reshape(heads)
+        beta = torch.sigmoid(self.Wbeta(x)).clamp_min(torch.finfo(x.dtype).tiny)
+        o, state = deltanet(q, self.Wk(x).reshape(heads), self.Wv(x).reshape(heads), beta, initial_state=state)
+        return self.Wo(o.reshape(B, T, self.d_model)), state
+
+
+__all__ = ["Config", "DeltaNetAttention", "LinearAttention", "VLAAttention", "deltanet", "linear_attention", "vla"]

@@ -14,15 +14,16 @@
 
 namespace vla_torch {
 
-/// vla::forward<backend::Cuda, op::Vla> on `stream`, the path chosen by vla (Path::automatic:
+/// vla::forward<backend::Cuda, Op> on `stream`, the path chosen by vla (Path::automatic: for VLA
 /// chunked from 256 tokens, docs/cuda.md). host_cu_seqlens: a host copy of a.cu_seqlens, or null.
 /// Returns "" on success, else the Status's message (nothing was launched).
-template <class In>
+template <class Op, class In>
 std::string forward_on_gpu(const vla::ForwardArgs<In, float>& a, const vla::Config& cfg, cudaStream_t stream,
                            const std::int64_t* host_cu_seqlens);
 
-/// vla::backward<backend::Cuda, op::Vla> (docs/maths.md §9c) on `stream`, default checkpoints.
-template <class In>
+/// vla::backward<backend::Cuda, Op> (docs/maths.md §9c) on `stream`, default checkpoints. Built for
+/// VLA; the baselines get the backend's Status saying that their GPU backward is not built.
+template <class Op, class In>
 std::string backward_on_gpu(const vla::ForwardArgs<In, float>& a, const vla::GradArgs<In, float>& g,
                             const vla::Config& cfg, cudaStream_t stream, const std::int64_t* host_cu_seqlens);
 

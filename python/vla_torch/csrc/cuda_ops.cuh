@@ -10,29 +10,34 @@
 
 namespace vla_torch {
 
-template <class In>
+template <class Op, class In>
 std::string forward_on_gpu(const vla::ForwardArgs<In, float>& a, const vla::Config& cfg, cudaStream_t stream,
                            const std::int64_t* host_cu_seqlens) {
   vla::cuda::Options opt;
   opt.host_cu_seqlens = host_cu_seqlens;
-  const vla::cuda::Status st = vla::forward<vla::backend::Cuda, vla::op::Vla>(a, cfg, stream, opt);
+  const vla::cuda::Status st = vla::forward<vla::backend::Cuda, Op>(a, cfg, stream, opt);
   return st ? std::string() : st.message;
 }
 
-template <class In>
+template <class Op, class In>
 std::string backward_on_gpu(const vla::ForwardArgs<In, float>& a, const vla::GradArgs<In, float>& g,
                             const vla::Config& cfg, cudaStream_t stream, const std::int64_t* host_cu_seqlens) {
   vla::cuda::BackwardOptions opt;
   opt.host_cu_seqlens = host_cu_seqlens;
-  const vla::cuda::Status st = vla::backward<vla::backend::Cuda, vla::op::Vla>(a, g, cfg, stream, opt);
+  const vla::cuda::Status st = vla::backward<vla::backend::Cuda, Op>(a, g, cfg, stream, opt);
   return st ? std::string() : st.message;
 }
 
 }  // namespace vla_torch
 
-#define VLA_TORCH_INSTANTIATE(In)                                                                              \
-  template std::string vla_torch::forward_on_gpu<In>(const vla::ForwardArgs<In, float>&, const vla::Config&,  \
-                                                     cudaStream_t, const std::int64_t*);                      \
-  template std::string vla_torch::backward_on_gpu<In>(const vla::ForwardArgs<In, float>&,                     \
-                                                      const vla::GradArgs<In, float>&, const vla::Config&,    \
-                                                      cudaStream_t, const std::int64_t*);
+#define VLA_TORCH_INSTANTIATE_OP(Op, In)                                                                        \
+  template std::string vla_torch::forward_on_gpu<Op, In>(const vla::ForwardArgs<In, float>&, const vla::Config&, \
+                                                         cudaStream_t, const std::int64_t*);                     \
+  template std::string vla_torch::backward_on_gpu<Op, In>(const vla::ForwardArgs<In, float>&,                    \
+                                                          const vla::GradArgs<In, float>&, const vla::Config&,   \
+                                                          cudaStream_t, const std::int64_t*);
+/// Every op for one token type.
+#define VLA_TORCH_INSTANTIATE(In)                  \
+  VLA_TORCH_INSTANTIATE_OP(::vla::op::Vla, In)     \
+  VLA_TORCH_INSTANTIATE_OP(::vla::op::LinearAttention, In) \
+  VLA_TORCH_INSTANTIATE_OP(::vla::op::DeltaNet, In)

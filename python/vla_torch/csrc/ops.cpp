@@ -1,11 +1,15 @@
-// python/vla_torch/csrc/ops.cpp — vla's VLA op as PyTorch custom operators (TORCH_LIBRARY "vla"):
-// vla::vla_forward and vla::vla_backward. CPU tensors (float32, float64) run vla's Eigen backend
-// (vla::forward / vla::backward<backend::Cpu>, docs/maths.md §2 and §9); with VLA_TORCH_CUDA (the
-// build found CUDA), CUDA tensors (float32, float16, bfloat16 tokens; the state float32) run vla's
-// CUDA backend on torch's current stream (cuda_bridge.h; docs/cuda.md). The Python package
-// (vla_torch/__init__.py) adds autograd and fake (meta) kernels. Shapes are vla's layouts
-// (include/vla/layout.hpp): q, k, u [B, T, H, dk], v [B, T, H, dv], states A [N, H, dk, dk],
-// S [N, H, dv, dk], z [N, H, dk], steps [N, H] (int64); with cu_seqlens (int64, N + 1 offsets) B = 1.
+// python/vla_torch/csrc/ops.cpp — vla's ops as PyTorch custom operators (TORCH_LIBRARY "vla"):
+// vla_forward / vla_backward (docs/maths.md §2, §9), linear_attention_forward / _backward and
+// deltanet_forward / _backward (the baselines of §7). CPU tensors (float32, float64) run vla's Eigen
+// backend (vla::forward / vla::backward<backend::Cpu, Op>); with VLA_TORCH_CUDA (the build found
+// CUDA), CUDA tensors (float32, float16, bfloat16 tokens; the state float32) run vla's CUDA backend
+// on torch's current stream (cuda_bridge.h; docs/cuda.md; the baselines' CUDA backward is not built
+// and says so). One implementation serves every op (its traits: vla::op::*::uses_u, uses_beta,
+// uses_A, uses_z, uses_steps); the schemas below take and return only the parts an op has.
+// The Python package (vla_torch/__init__.py) adds autograd and fake (meta) kernels. Shapes are vla's
+// layouts (include/vla/layout.hpp): q, k, u [B, T, H, dk], v [B, T, H, dv], beta [B, T, H], states
+// A [N, H, dk, dk], S [N, H, dv, dk], z [N, H, dk], steps [N, H] (int64); with cu_seqlens (int64,
+// N + 1 offsets) B = 1.
 #ifdef VLA_TORCH_PYMODULE  // built by setup.py as the module vla_torch._C (importing it registers the ops)
 #include <Python.h>
 #endif
@@ -16,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include <vla/vla.hpp>
 
@@ -31,6 +36,7 @@
 namespace {
 
 using torch::Tensor;
+using OptTensor = std::optional<Tensor>;
 
 vla::Config make_config(double lambda0, double stab_eps, int64_t refresh_period, double refresh_eps, double denom_eps,
                         bool normalize_output) {
@@ -46,26 +52,35 @@ vla::Config make_config(double lambda0, double stab_eps, int64_t refresh_period,
 
 struct Dims {
   int64_t batch, seq_len, heads, dk, dv, n_seq;
+  bool gpu;
 };
 
-// The token tensors' checks (vla's own checks then cover values, states and configurations).
-// on_gpu: the CUDA operators' rules (one CUDA device; float32, float16 or bfloat16 tokens).
-Dims check_tokens(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& u, const std::optional<Tensor>& cu,
-                  bool on_gpu = false) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && u.dim() == 4,
-              "vla: q, k, u must be [B, T, H, dk] and v [B, T, H, dv]");
-  const Dims d{q.size(0), q.size(1), q.size(2), q.size(3), v.size(3), q.size(0)};
-  TORCH_CHECK(k.sizes() == q.sizes() && u.sizes() == q.sizes(), "vla: q, k and u must have the same shape");
+// The tensors' checks (vla's own checks then cover values, states and configurations). x is u
+// (VLA, shaped like q) or beta (DeltaNet, [B, T, H]); linear attention has none.
+template <class Op>
+Dims check_tokens(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& x, const OptTensor& cu) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "vla: q, k", Op::uses_u ? ", u" : "",
+              " must be [B, T, H, dk] and v [B, T, H, dv]");
+  const Dims d{q.size(0), q.size(1), q.size(2), q.size(3), v.size(3), q.size(0), q.device().is_cuda()};
+  TORCH_CHECK(k.sizes() == q.sizes(), "vla: q, k", Op::uses_u ? " and u" : "", " must have the same shape");
   TORCH_CHECK(v.size(0) == d.batch && v.size(1) == d.seq_len && v.size(2) == d.heads, "vla: v must be [B, T, H, dv]");
-  for (const Tensor* t : {&q, &k, &v, &u}) {
-    TORCH_CHECK(t->device() == q.device(), "vla: q, k, v and u must be on one device");
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "vla: q, k, v and u must have one dtype");
+  if (Op::uses_u) TORCH_CHECK(x && x->sizes() == q.sizes(), "vla: q, k and u must have the same shape");
+  if (Op::uses_beta)
+    TORCH_CHECK(x && x->sizes() == torch::IntArrayRef({d.batch, d.seq_len, d.heads}), "vla: beta must be [B, T, H]");
+  for (const Tensor* t : {&q, &k, &v, x ? &*x : &q}) {
+    TORCH_CHECK(t->device() == q.device(), "vla: the token tensors must be on one device");
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "vla: the token tensors must have one dtype");
   }
-  if (on_gpu) {
+  if (d.gpu) {
+#ifdef VLA_TORCH_CUDA
     TORCH_CHECK(q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kHalf ||
                     q.scalar_type() == torch::kBFloat16,
                 "vla: the CUDA backend takes float32, float16 or bfloat16 tokens (its state is float32)");
+#else
+    TORCH_CHECK(false, "vla: this build of vla_torch has no CUDA operators (built without CUDA)");
+#endif
   } else {
+    TORCH_CHECK(q.device().is_cpu(), "vla: tensors on ", q.device(), " are not supported (CPU or CUDA)");
     TORCH_CHECK(q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kDouble,
                 "vla: the CPU backend takes float32 or float64 tensors");
   }
@@ -73,317 +88,369 @@ Dims check_tokens(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   if (cu) {
     // On the GPU cu_seqlens may be a CPU or a CUDA tensor: the operator makes the copy it lacks.
     TORCH_CHECK(cu->scalar_type() == torch::kLong && cu->dim() == 1 && cu->numel() >= 1 &&
-                    (cu->device().is_cpu() || (on_gpu && cu->device() == q.device())),
-                on_gpu ? "vla: cu_seqlens must be a 1-D int64 tensor of N + 1 offsets, on the CPU or the tokens' device"
-                       : "vla: cu_seqlens must be a 1-D int64 CPU tensor of N + 1 offsets");
+                    (cu->device().is_cpu() || (d.gpu && cu->device() == q.device())),
+                d.gpu ? "vla: cu_seqlens must be a 1-D int64 tensor of N + 1 offsets, on the CPU or the tokens' device"
+                      : "vla: cu_seqlens must be a 1-D int64 CPU tensor of N + 1 offsets");
     TORCH_CHECK(d.batch == 1, "vla: with cu_seqlens the token tensors are [1, total_T, H, d]");
     out.n_seq = cu->numel() - 1;
   }
   return out;
 }
 
-// vla takes a null token pointer for a caller's mistake, even with no tokens; an empty tensor's
-// data_ptr is null, so zero-token calls point at this (never read).
-template <class Scalar>
-Scalar* data_or_dummy(const Tensor& t) {
-  static Scalar dummy[1] = {};
-  return t.numel() ? t.data_ptr<Scalar>() : dummy;
+torch::ScalarType state_dtype(const Dims& d, const Tensor& q) { return d.gpu ? torch::kFloat : q.scalar_type(); }
+
+// The state's parts an op has (A and steps: VLA; z: VLA and linear attention; S: every op).
+template <class Op>
+struct StateParts {
+  OptTensor A, S, z, steps;
+};
+
+template <class Op>
+std::vector<int64_t> part_shape(const Dims& d, char part) {
+  switch (part) {
+    case 'A': return {d.n_seq, d.heads, d.dk, d.dk};
+    case 'S': return {d.n_seq, d.heads, d.dv, d.dk};
+    case 'z': return {d.n_seq, d.heads, d.dk};
+    default: return {d.n_seq, d.heads};
+  }
 }
 
-template <class Scalar>
-vla::ForwardArgs<Scalar, Scalar> forward_args(const Dims& d, const Tensor& q, const Tensor& k, const Tensor& v,
-                                              const Tensor& u, const std::optional<Tensor>& cu) {
-  vla::ForwardArgs<Scalar, Scalar> a;
-  a.batch = d.n_seq;
-  a.seq_len = cu ? 0 : d.seq_len;
-  a.heads = d.heads;
-  a.dk = d.dk;
-  a.dv = d.dv;
-  a.cu_seqlens = cu ? cu->data_ptr<int64_t>() : nullptr;
-  a.q = data_or_dummy<Scalar>(q);
-  a.k = data_or_dummy<Scalar>(k);
-  a.v = data_or_dummy<Scalar>(v);
-  a.u = data_or_dummy<Scalar>(u);
-  return a;
-}
-
-// An initial state is all of (A, S, z, steps) or none of them.
-bool check_state(const Dims& d, const std::optional<Tensor>& A, const std::optional<Tensor>& S,
-                 const std::optional<Tensor>& z, const std::optional<Tensor>& steps, torch::ScalarType dt,
-                 const torch::Device& dev) {
-  const int given = A.has_value() + S.has_value() + z.has_value() + steps.has_value();
-  TORCH_CHECK(given == 0 || given == 4, "vla: give all of A0, S0, z0, steps0 or none");
+// An initial state is all of the op's parts or none of them.
+template <class Op>
+bool check_state(const Dims& d, const StateParts<Op>& s, torch::ScalarType dt, const torch::Device& dev) {
+  const int given = s.A.has_value() + s.S.has_value() + s.z.has_value() + s.steps.has_value();
+  const int needed = 1 + Op::uses_A + Op::uses_z + Op::uses_steps;
+  TORCH_CHECK(given == 0 || given == needed, "vla: give all of the initial state (", Op::uses_A ? "A0, " : "", "S0",
+              Op::uses_z ? ", z0" : "", Op::uses_steps ? ", steps0" : "", ") or none");
   if (!given) return false;
-  TORCH_CHECK(A->device() == dev && S->device() == dev && z->device() == dev && steps->device() == dev,
-              "vla: the initial state must be on the tokens' device");
-  TORCH_CHECK(A->sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dk, d.dk}), "vla: A0 must be [N, H, dk, dk]");
-  TORCH_CHECK(S->sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dv, d.dk}), "vla: S0 must be [N, H, dv, dk]");
-  TORCH_CHECK(z->sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dk}), "vla: z0 must be [N, H, dk]");
-  TORCH_CHECK(steps->sizes() == torch::IntArrayRef({d.n_seq, d.heads}) && steps->scalar_type() == torch::kLong,
-              "vla: steps0 must be int64 [N, H]");
-  TORCH_CHECK(A->scalar_type() == dt && S->scalar_type() == dt && z->scalar_type() == dt,
-              dt == torch::kFloat ? "vla: the state must be float32" : "vla: the state must have the tokens' dtype");
+  const std::pair<const OptTensor*, char> parts[] = {{&s.A, 'A'}, {&s.S, 'S'}, {&s.z, 'z'}, {&s.steps, 't'}};
+  for (const auto& [t, part] : parts) {
+    if (!*t) continue;
+    TORCH_CHECK((*t)->device() == dev, "vla: the initial state must be on the tokens' device");
+    TORCH_CHECK((*t)->sizes() == torch::IntArrayRef(part_shape<Op>(d, part)), "vla: ",
+                part == 'A' ? "A0 must be [N, H, dk, dk]" : part == 'S' ? "S0 must be [N, H, dv, dk]"
+                : part == 'z' ? "z0 must be [N, H, dk]" : "steps0 must be int64 [N, H]");
+    TORCH_CHECK(part == 't' ? (*t)->scalar_type() == torch::kLong : (*t)->scalar_type() == dt,
+                part == 't' ? "vla: steps0 must be int64 [N, H]"
+                : dt == torch::kFloat ? "vla: the state must be float32" : "vla: the state must have the tokens' dtype");
+  }
   return true;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> vla_forward_cpu(
-    const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& u_, const std::optional<Tensor>& cu,
-    const std::optional<Tensor>& A0_, const std::optional<Tensor>& S0_, const std::optional<Tensor>& z0_,
-    const std::optional<Tensor>& steps0_, double lambda0, double stab_eps, int64_t refresh_period, double refresh_eps,
-    double denom_eps, bool normalize_output) {
-  const Dims d = check_tokens(q_, k_, v_, u_, cu);
-  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), u = u_.contiguous();
-  const bool init = check_state(d, A0_, S0_, z0_, steps0_, q.scalar_type(), q.device());
-  const auto opts = q.options();
-  Tensor o = torch::empty({d.batch, d.seq_len, d.heads, d.dv}, opts);
-  Tensor A = torch::empty({d.n_seq, d.heads, d.dk, d.dk}, opts), S = torch::empty({d.n_seq, d.heads, d.dv, d.dk}, opts),
-         z = torch::empty({d.n_seq, d.heads, d.dk}, opts),
-         steps = torch::empty({d.n_seq, d.heads}, opts.dtype(torch::kLong));
-  Tensor A0, S0, z0, steps0;
-  if (init) A0 = A0_->contiguous(), S0 = S0_->contiguous(), z0 = z0_->contiguous(), steps0 = steps0_->contiguous();
-  const vla::Config cfg = make_config(lambda0, stab_eps, refresh_period, refresh_eps, denom_eps, normalize_output);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "vla_forward", [&] {
-    auto a = forward_args<scalar_t>(d, q, k, v, u, cu);
-    a.o = data_or_dummy<scalar_t>(o);
-    if (init)
-      a.initial_state = {A0.data_ptr<scalar_t>(), S0.data_ptr<scalar_t>(), z0.data_ptr<scalar_t>(),
-                         steps0.data_ptr<int64_t>()};
-    a.final_state = {A.data_ptr<scalar_t>(), S.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), steps.data_ptr<int64_t>()};
-    vla::CpuOptions opt;
-    opt.threads = 0;  // all hardware threads over (sequence, head); results do not depend on it
-    try {
-      vla::forward<vla::backend::Cpu, vla::op::Vla>(a, cfg, opt);
-    } catch (const std::invalid_argument& e) {
-      TORCH_CHECK(false, e.what());
-    }
-  });
-  return {o, A, S, z, steps};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> vla_backward_cpu(
-    const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& u_, const std::optional<Tensor>& cu,
-    const std::optional<Tensor>& A0_, const std::optional<Tensor>& S0_, const std::optional<Tensor>& z0_,
-    const std::optional<Tensor>& steps0_, const Tensor& d_o_, const std::optional<Tensor>& dA_,
-    const std::optional<Tensor>& dS_, const std::optional<Tensor>& dz_, double lambda0, double stab_eps,
-    int64_t refresh_period, double refresh_eps, double denom_eps, bool normalize_output) {
-  const Dims d = check_tokens(q_, k_, v_, u_, cu);
-  const Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous(), u = u_.contiguous();
-  const bool init = check_state(d, A0_, S0_, z0_, steps0_, q.scalar_type(), q.device());
-  TORCH_CHECK(d_o_.sizes() == torch::IntArrayRef({d.batch, d.seq_len, d.heads, d.dv}) &&
-                  d_o_.scalar_type() == q.scalar_type(),
-              "vla: d_o must be shaped like o, with the tokens' dtype");
-  const Tensor d_o = d_o_.contiguous();
-  // The final state's gradient: any part may be absent (None: zero).
-  const auto opts = q.options();
-  const Tensor dA = dA_ ? dA_->contiguous() : torch::zeros({d.n_seq, d.heads, d.dk, d.dk}, opts);
-  const Tensor dS = dS_ ? dS_->contiguous() : torch::zeros({d.n_seq, d.heads, d.dv, d.dk}, opts);
-  const Tensor dz = dz_ ? dz_->contiguous() : torch::zeros({d.n_seq, d.heads, d.dk}, opts);
-  TORCH_CHECK(dA.sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dk, d.dk}) &&
-                  dS.sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dv, d.dk}) &&
-                  dz.sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dk}),
-              "vla: the final state's gradients must be shaped like the state");
-  Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v), du = torch::empty_like(u);
-  Tensor dA0 = torch::empty({d.n_seq, d.heads, d.dk, d.dk}, opts), dS0 = torch::empty({d.n_seq, d.heads, d.dv, d.dk}, opts),
-         dz0 = torch::empty({d.n_seq, d.heads, d.dk}, opts);
-  Tensor A0, S0, z0, steps0;
-  if (init) A0 = A0_->contiguous(), S0 = S0_->contiguous(), z0 = z0_->contiguous(), steps0 = steps0_->contiguous();
-  Tensor o_unused = torch::empty_like(d_o);
-  const vla::Config cfg = make_config(lambda0, stab_eps, refresh_period, refresh_eps, denom_eps, normalize_output);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "vla_backward", [&] {
-    auto a = forward_args<scalar_t>(d, q, k, v, u, cu);
-    a.o = data_or_dummy<scalar_t>(o_unused);  // required by the shared checks; the backward does not write it
-    if (init)
-      a.initial_state = {A0.data_ptr<scalar_t>(), S0.data_ptr<scalar_t>(), z0.data_ptr<scalar_t>(),
-                         steps0.data_ptr<int64_t>()};
-    vla::GradArgs<scalar_t, scalar_t> g;
-    g.d_o = data_or_dummy<scalar_t>(d_o);
-    g.d_final_state = {dA.data_ptr<scalar_t>(), dS.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>(), nullptr};
-    g.d_q = data_or_dummy<scalar_t>(dq);
-    g.d_k = data_or_dummy<scalar_t>(dk);
-    g.d_v = data_or_dummy<scalar_t>(dv);
-    g.d_u = data_or_dummy<scalar_t>(du);
-    g.d_initial_state = {dA0.data_ptr<scalar_t>(), dS0.data_ptr<scalar_t>(), dz0.data_ptr<scalar_t>(), nullptr};
-    vla::CpuOptions opt;
-    opt.threads = 0;
-    try {
-      vla::backward<vla::backend::Cpu, vla::op::Vla>(a, g, cfg, opt);
-    } catch (const std::invalid_argument& e) {
-      TORCH_CHECK(false, e.what());
-    }
-  });
-  return {dq, dk, dv, du, dA0, dS0, dz0};
-}
-
-#ifdef VLA_TORCH_CUDA
-// ---- CUDA tensors: vla's CUDA backend (docs/cuda.md) on torch's current stream -----------------
-
-// The kernels read tokens with 16-byte loads and take 16-byte aligned buffers: a contiguous view
-// that starts off that alignment (a slice, say) is copied.
-Tensor gpu_buffer(const Tensor& t) {
+// A buffer vla may read with 16-byte loads: contiguous, 16-byte aligned (a view off that alignment,
+// a slice say, is copied), and for zero elements a real allocation (vla takes a null pointer for a
+// caller's mistake, even with no tokens; it never reads this one).
+Tensor buffer(const Tensor& t) {
   Tensor c = t.contiguous();
   if (reinterpret_cast<std::uintptr_t>(c.data_ptr()) % 16) c = c.clone();
-  if (!c.numel()) c = torch::empty({16}, c.options());  // a real device address for zero tokens (never read)
+  if (!c.numel()) c = torch::empty({16}, c.options());
   return c;
 }
+Tensor buffer(const OptTensor& t) { return t ? buffer(*t) : Tensor(); }
 
-template <class In>
-In* gpu_ptr(const Tensor& t) {
-  return reinterpret_cast<In*>(t.data_ptr());
+template <class T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
 }
 
-// cu_seqlens on the device for the kernels, and on the host for vla's checks (no stream wait).
-struct GpuSeqlens {
-  Tensor device, host;
-  GpuSeqlens(const std::optional<Tensor>& cu, const torch::Device& dev) {
+// cu_seqlens where the backend reads it, and a host copy for the CUDA backend's checks (no stream wait).
+struct Seqlens {
+  Tensor backend, host;
+  Seqlens(const OptTensor& cu, const Dims& d, const torch::Device& dev) {
     if (!cu) return;
     host = cu->to(torch::kCPU).contiguous();
-    device = cu->to(dev).contiguous();
+    backend = d.gpu ? cu->to(dev).contiguous() : host;
   }
-  const int64_t* dev_ptr() const { return device.defined() ? device.data_ptr<int64_t>() : nullptr; }
+  const int64_t* ptr() const { return backend.defined() ? backend.data_ptr<int64_t>() : nullptr; }
   const int64_t* host_ptr() const { return host.defined() ? host.data_ptr<int64_t>() : nullptr; }
 };
 
-// Calls fn(TokenTag<In>{}) with In the token type of dtype t (float, __half, __nv_bfloat16).
-template <class In>
-struct TokenTag {
-  using type = In;
+// Calls fn(Types<In, St, Gpu>{}) for the tensors' dtype and device: CPU float/double (St = In),
+// CUDA float/__half/__nv_bfloat16 (St = float).
+template <class In_, class St_, bool Gpu_>
+struct Types {
+  using In = In_;
+  using St = St_;
+  static constexpr bool gpu = Gpu_;
 };
 template <class Fn>
-void dispatch_gpu_tokens(torch::ScalarType t, Fn&& fn) {
+void dispatch(const Dims& d, torch::ScalarType t, Fn&& fn) {
+  if (!d.gpu) {
+    if (t == torch::kDouble)
+      fn(Types<double, double, false>{});
+    else
+      fn(Types<float, float, false>{});
+    return;
+  }
+#ifdef VLA_TORCH_CUDA
   if (t == torch::kFloat)
-    fn(TokenTag<float>{});
+    fn(Types<float, float, true>{});
   else if (t == torch::kHalf)
-    fn(TokenTag<__half>{});
+    fn(Types<__half, float, true>{});
   else
-    fn(TokenTag<__nv_bfloat16>{});
+    fn(Types<__nv_bfloat16, float, true>{});
+#endif
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> vla_forward_cuda(
-    const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& u_, const std::optional<Tensor>& cu,
-    const std::optional<Tensor>& A0_, const std::optional<Tensor>& S0_, const std::optional<Tensor>& z0_,
-    const std::optional<Tensor>& steps0_, double lambda0, double stab_eps, int64_t refresh_period, double refresh_eps,
-    double denom_eps, bool normalize_output) {
-  const Dims d = check_tokens(q_, k_, v_, u_, cu, /*on_gpu=*/true);
-  const c10::cuda::CUDAGuard guard(q_.device());
-  const bool init = check_state(d, A0_, S0_, z0_, steps0_, torch::kFloat, q_.device());
-  const Tensor q = gpu_buffer(q_), k = gpu_buffer(k_), v = gpu_buffer(v_), u = gpu_buffer(u_);
-  const GpuSeqlens seq(cu, q_.device());
-  const auto st_opts = q_.options().dtype(torch::kFloat);
+template <class St, class Op>
+vla::StateBuffers<St> state_buffers(const Tensor& A, const Tensor& S, const Tensor& z, const Tensor& steps) {
+  using Steps = typename vla::StateBuffers<St>::Steps;
+  return {Op::uses_A ? ptr<St>(A) : nullptr, ptr<St>(S), Op::uses_z ? ptr<St>(z) : nullptr,
+          Op::uses_steps ? ptr<Steps>(steps) : nullptr};
+}
+
+// The forward's buffers, as the forward and the backward both pass them (o: the forward's output,
+// or a dummy the backward's shared checks require and nothing writes).
+template <class Op, class In, class St>
+vla::ForwardArgs<In, St> forward_args(const Dims& d, const Seqlens& seq, const Tensor& q, const Tensor& k,
+                                      const Tensor& v, const Tensor& x, const Tensor& o, bool init,
+                                      const StateParts<Op>& s0) {
+  vla::ForwardArgs<In, St> a;
+  a.batch = d.n_seq, a.seq_len = seq.backend.defined() ? 0 : d.seq_len, a.heads = d.heads, a.dk = d.dk, a.dv = d.dv;
+  a.cu_seqlens = seq.ptr();
+  a.q = ptr<In>(q), a.k = ptr<In>(k), a.v = ptr<In>(v), a.o = ptr<In>(o);
+  (Op::uses_beta ? a.beta : a.u) = ptr<In>(x);
+  if (init) {
+    const auto b = state_buffers<St, Op>(*s0.A, *s0.S, *s0.z, *s0.steps);
+    a.initial_state = {b.A, b.S, b.z, b.steps};
+  }
+  return a;
+}
+
+// The backend call, an exception with vla's message on refusal.
+template <class Op, class T>
+void run_forward(const vla::ForwardArgs<typename T::In, typename T::St>& a, const vla::Config& cfg, const Seqlens& seq) {
+  if constexpr (T::gpu) {
+#ifdef VLA_TORCH_CUDA
+    const std::string error = vla_torch::forward_on_gpu<Op, typename T::In>(
+        a, cfg, at::cuda::getCurrentCUDAStream().stream(), seq.host_ptr());
+    TORCH_CHECK(error.empty(), error);
+#endif
+  } else {
+    (void)seq;
+    vla::CpuOptions opt;
+    opt.threads = 0;  // all hardware threads over (sequence, head); results do not depend on it
+    try {
+      vla::forward<vla::backend::Cpu, Op>(a, cfg, opt);
+    } catch (const std::invalid_argument& e) {
+      TORCH_CHECK(false, e.what());
+    }
+  }
+}
+
+template <class Op, class T>
+void run_backward(const vla::ForwardArgs<typename T::In, typename T::St>& a,
+                  const vla::GradArgs<typename T::In, typename T::St>& g, const vla::Config& cfg, const Seqlens& seq) {
+  if constexpr (T::gpu) {
+#ifdef VLA_TORCH_CUDA
+    const std::string error = vla_torch::backward_on_gpu<Op, typename T::In>(
+        a, g, cfg, at::cuda::getCurrentCUDAStream().stream(), seq.host_ptr());
+    TORCH_CHECK(error.empty(), error);
+#endif
+  } else {
+    (void)seq;
+    vla::CpuOptions opt;
+    opt.threads = 0;
+    try {
+      vla::backward<vla::backend::Cpu, Op>(a, g, cfg, opt);
+    } catch (const std::invalid_argument& e) {
+      TORCH_CHECK(false, e.what());
+    }
+  }
+}
+
+struct DeviceGuard {
+#ifdef VLA_TORCH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;
+  explicit DeviceGuard(const Tensor& t) {
+    if (t.device().is_cuda()) guard.emplace(t.device());
+  }
+#else
+  explicit DeviceGuard(const Tensor&) {}
+#endif
+};
+
+// Every op's forward: o and the final state (A, S, z, steps; the parts an op lacks are undefined).
+template <class Op>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+                                                                const OptTensor& x_, const OptTensor& cu,
+                                                                const StateParts<Op>& s0, const vla::Config& cfg) {
+  const Dims d = check_tokens<Op>(q_, k_, v_, x_, cu);
+  const DeviceGuard guard(q_);
+  const torch::ScalarType sdt = state_dtype(d, q_);
+  const bool init = check_state<Op>(d, s0, sdt, q_.device());
+  const Tensor q = buffer(q_), k = buffer(k_), v = buffer(v_), x = buffer(x_);
+  const Seqlens seq(cu, d, q_.device());
+  const auto so = q_.options().dtype(sdt);
   Tensor o = torch::empty({d.batch, d.seq_len, d.heads, d.dv}, q_.options());
-  Tensor o_buf = gpu_buffer(o);  // o itself unless it has no elements
-  Tensor A = torch::empty({d.n_seq, d.heads, d.dk, d.dk}, st_opts), S = torch::empty({d.n_seq, d.heads, d.dv, d.dk}, st_opts),
-         z = torch::empty({d.n_seq, d.heads, d.dk}, st_opts),
-         steps = torch::empty({d.n_seq, d.heads}, st_opts.dtype(torch::kLong));
-  Tensor A0, S0, z0, steps0;
-  if (init) A0 = gpu_buffer(*A0_), S0 = gpu_buffer(*S0_), z0 = gpu_buffer(*z0_), steps0 = gpu_buffer(*steps0_);
-  const vla::Config cfg = make_config(lambda0, stab_eps, refresh_period, refresh_eps, denom_eps, normalize_output);
-  std::string error;
-  dispatch_gpu_tokens(q.scalar_type(), [&](auto tag) {
-    using In = typename decltype(tag)::type;
-    vla::ForwardArgs<In, float> a;
-    a.batch = d.n_seq, a.seq_len = cu ? 0 : d.seq_len, a.heads = d.heads, a.dk = d.dk, a.dv = d.dv;
-    a.cu_seqlens = seq.dev_ptr();
-    a.q = gpu_ptr<In>(q), a.k = gpu_ptr<In>(k), a.v = gpu_ptr<In>(v), a.u = gpu_ptr<In>(u), a.o = gpu_ptr<In>(o_buf);
-    if (init)
-      a.initial_state = {A0.data_ptr<float>(), S0.data_ptr<float>(), z0.data_ptr<float>(), steps0.data_ptr<int64_t>()};
-    if (d.n_seq * d.heads > 0)
-      a.final_state = {A.data_ptr<float>(), S.data_ptr<float>(), z.data_ptr<float>(), steps.data_ptr<int64_t>()};
-    error = vla_torch::forward_on_gpu<In>(a, cfg, at::cuda::getCurrentCUDAStream().stream(), seq.host_ptr());
+  const Tensor o_buf = buffer(o);  // o itself unless it has no elements
+  Tensor A, S = torch::empty(part_shape<Op>(d, 'S'), so), z, steps;
+  if (Op::uses_A) A = torch::empty(part_shape<Op>(d, 'A'), so);
+  if (Op::uses_z) z = torch::empty(part_shape<Op>(d, 'z'), so);
+  if (Op::uses_steps) steps = torch::empty(part_shape<Op>(d, 't'), so.dtype(torch::kLong));
+  const StateParts<Op> init_bufs{buffer(s0.A), buffer(s0.S), buffer(s0.z), buffer(s0.steps)};
+  dispatch(d, q.scalar_type(), [&](auto types) {
+    using T = decltype(types);
+    using In = typename T::In;
+    using St = typename T::St;
+    vla::ForwardArgs<In, St> a = forward_args<Op, In, St>(d, seq, q, k, v, x, o_buf, init, init_bufs);
+    if (d.n_seq * d.heads > 0) a.final_state = state_buffers<St, Op>(A, S, z, steps);
+    run_forward<Op, T>(a, cfg, seq);
   });
-  TORCH_CHECK(error.empty(), error);
   return {o, A, S, z, steps};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> vla_backward_cuda(
-    const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& u_, const std::optional<Tensor>& cu,
-    const std::optional<Tensor>& A0_, const std::optional<Tensor>& S0_, const std::optional<Tensor>& z0_,
-    const std::optional<Tensor>& steps0_, const Tensor& d_o_, const std::optional<Tensor>& dA_,
-    const std::optional<Tensor>& dS_, const std::optional<Tensor>& dz_, double lambda0, double stab_eps,
-    int64_t refresh_period, double refresh_eps, double denom_eps, bool normalize_output) {
-  const Dims d = check_tokens(q_, k_, v_, u_, cu, /*on_gpu=*/true);
-  const c10::cuda::CUDAGuard guard(q_.device());
-  const bool init = check_state(d, A0_, S0_, z0_, steps0_, torch::kFloat, q_.device());
+// Every op's backward: dq, dk, dv, dx (du or dbeta; undefined for linear attention), dA0, dS0, dz0.
+template <class Op>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
+    const Tensor& q_, const Tensor& k_, const Tensor& v_, const OptTensor& x_, const OptTensor& cu,
+    const StateParts<Op>& s0, const Tensor& d_o_, const StateParts<Op>& d_final, const vla::Config& cfg) {
+  const Dims d = check_tokens<Op>(q_, k_, v_, x_, cu);
+  const DeviceGuard guard(q_);
+  const torch::ScalarType sdt = state_dtype(d, q_);
+  const bool init = check_state<Op>(d, s0, sdt, q_.device());
   TORCH_CHECK(d_o_.sizes() == torch::IntArrayRef({d.batch, d.seq_len, d.heads, d.dv}) &&
                   d_o_.scalar_type() == q_.scalar_type() && d_o_.device() == q_.device(),
               "vla: d_o must be shaped like o, with the tokens' dtype and device");
-  const Tensor q = gpu_buffer(q_), k = gpu_buffer(k_), v = gpu_buffer(v_), u = gpu_buffer(u_), d_o = gpu_buffer(d_o_);
-  const GpuSeqlens seq(cu, q_.device());
-  const auto st_opts = q_.options().dtype(torch::kFloat);
+  const Tensor q = buffer(q_), k = buffer(k_), v = buffer(v_), x = buffer(x_), d_o = buffer(d_o_);
+  const Seqlens seq(cu, d, q_.device());
+  const auto so = q_.options().dtype(sdt);
   // The final state's gradient: all of it or none (vla's rule); a missing part is zero.
-  const bool has_dfinal = dA_ || dS_ || dz_;
+  const bool has_dfinal = d_final.A || d_final.S || d_final.z;
   Tensor dA, dS, dz;
   if (has_dfinal) {
-    for (const auto* t : {&dA_, &dS_, &dz_})
-      TORCH_CHECK(!*t || ((*t)->scalar_type() == torch::kFloat && (*t)->device() == q_.device()),
-                  "vla: the final state's gradients must be float32 on the tokens' device");
-    dA = gpu_buffer(dA_ ? *dA_ : torch::zeros({d.n_seq, d.heads, d.dk, d.dk}, st_opts));
-    dS = gpu_buffer(dS_ ? *dS_ : torch::zeros({d.n_seq, d.heads, d.dv, d.dk}, st_opts));
-    dz = gpu_buffer(dz_ ? *dz_ : torch::zeros({d.n_seq, d.heads, d.dk}, st_opts));
-    TORCH_CHECK((!dA_ || dA_->sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dk, d.dk})) &&
-                    (!dS_ || dS_->sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dv, d.dk})) &&
-                    (!dz_ || dz_->sizes() == torch::IntArrayRef({d.n_seq, d.heads, d.dk})),
-                "vla: the final state's gradients must be shaped like the state");
+    const std::pair<const OptTensor*, char> parts[] = {{&d_final.A, 'A'}, {&d_final.S, 'S'}, {&d_final.z, 'z'}};
+    for (const auto& [t, part] : parts)
+      TORCH_CHECK(!*t || ((*t)->scalar_type() == sdt && (*t)->device() == q_.device() &&
+                          (*t)->sizes() == torch::IntArrayRef(part_shape<Op>(d, part))),
+                  "vla: the final state's gradients must be shaped like the state, with its dtype and device");
+    if (Op::uses_A) dA = buffer(d_final.A ? *d_final.A : torch::zeros(part_shape<Op>(d, 'A'), so));
+    dS = buffer(d_final.S ? *d_final.S : torch::zeros(part_shape<Op>(d, 'S'), so));
+    if (Op::uses_z) dz = buffer(d_final.z ? *d_final.z : torch::zeros(part_shape<Op>(d, 'z'), so));
   }
   Tensor dq = torch::empty(q_.sizes(), q_.options()), dk = torch::empty(k_.sizes(), k_.options()),
-         dv = torch::empty(v_.sizes(), v_.options()), du = torch::empty(u_.sizes(), u_.options());
-  const Tensor dq_buf = gpu_buffer(dq), dk_buf = gpu_buffer(dk), dv_buf = gpu_buffer(dv), du_buf = gpu_buffer(du);
-  Tensor dA0 = torch::empty({d.n_seq, d.heads, d.dk, d.dk}, st_opts), dS0 = torch::empty({d.n_seq, d.heads, d.dv, d.dk}, st_opts),
-         dz0 = torch::empty({d.n_seq, d.heads, d.dk}, st_opts);
-  Tensor A0, S0, z0, steps0;
-  if (init) A0 = gpu_buffer(*A0_), S0 = gpu_buffer(*S0_), z0 = gpu_buffer(*z0_), steps0 = gpu_buffer(*steps0_);
-  const vla::Config cfg = make_config(lambda0, stab_eps, refresh_period, refresh_eps, denom_eps, normalize_output);
-  Tensor o_unused = gpu_buffer(torch::empty({0}, q.options()));  // required by the shared checks; not written
-  std::string error;
-  dispatch_gpu_tokens(q.scalar_type(), [&](auto tag) {
-    using In = typename decltype(tag)::type;
-    vla::ForwardArgs<In, float> a;
-    a.batch = d.n_seq, a.seq_len = cu ? 0 : d.seq_len, a.heads = d.heads, a.dk = d.dk, a.dv = d.dv;
-    a.cu_seqlens = seq.dev_ptr();
-    a.q = gpu_ptr<In>(q), a.k = gpu_ptr<In>(k), a.v = gpu_ptr<In>(v), a.u = gpu_ptr<In>(u), a.o = gpu_ptr<In>(o_unused);
-    if (init)
-      a.initial_state = {A0.data_ptr<float>(), S0.data_ptr<float>(), z0.data_ptr<float>(), steps0.data_ptr<int64_t>()};
-    vla::GradArgs<In, float> g;
-    g.d_o = gpu_ptr<In>(d_o);
-    if (has_dfinal) g.d_final_state = {dA.data_ptr<float>(), dS.data_ptr<float>(), dz.data_ptr<float>(), nullptr};
-    g.d_q = gpu_ptr<In>(dq_buf), g.d_k = gpu_ptr<In>(dk_buf), g.d_v = gpu_ptr<In>(dv_buf), g.d_u = gpu_ptr<In>(du_buf);
-    if (d.n_seq * d.heads > 0)
-      g.d_initial_state = {dA0.data_ptr<float>(), dS0.data_ptr<float>(), dz0.data_ptr<float>(), nullptr};
-    error = vla_torch::backward_on_gpu<In>(a, g, cfg, at::cuda::getCurrentCUDAStream().stream(), seq.host_ptr());
+         dv = torch::empty(v_.sizes(), v_.options()), dx;
+  if (x_) dx = torch::empty(x_->sizes(), x_->options());
+  const Tensor dq_b = buffer(dq), dk_b = buffer(dk), dv_b = buffer(dv), dx_b = dx.defined() ? buffer(dx) : Tensor();
+  Tensor dA0, dS0 = torch::empty(part_shape<Op>(d, 'S'), so), dz0;
+  if (Op::uses_A) dA0 = torch::empty(part_shape<Op>(d, 'A'), so);
+  if (Op::uses_z) dz0 = torch::empty(part_shape<Op>(d, 'z'), so);
+  const StateParts<Op> init_bufs{buffer(s0.A), buffer(s0.S), buffer(s0.z), buffer(s0.steps)};
+  const Tensor o_unused = buffer(torch::empty({0}, q.options()));
+  dispatch(d, q.scalar_type(), [&](auto types) {
+    using T = decltype(types);
+    using In = typename T::In;
+    using St = typename T::St;
+    const vla::ForwardArgs<In, St> a = forward_args<Op, In, St>(d, seq, q, k, v, x, o_unused, init, init_bufs);
+    vla::GradArgs<In, St> g;
+    g.d_o = ptr<In>(d_o);
+    if (has_dfinal) {
+      const auto b = state_buffers<St, Op>(dA, dS, dz, Tensor());
+      g.d_final_state = {b.A, b.S, b.z, nullptr};
+    }
+    g.d_q = ptr<In>(dq_b), g.d_k = ptr<In>(dk_b), g.d_v = ptr<In>(dv_b);
+    (Op::uses_beta ? g.d_beta : g.d_u) = ptr<In>(dx_b);
+    if (d.n_seq * d.heads > 0) {
+      const auto b = state_buffers<St, Op>(dA0, dS0, dz0, Tensor());
+      g.d_initial_state = {b.A, b.S, b.z, nullptr};
+    }
+    run_backward<Op, T>(a, g, cfg, seq);
   });
-  TORCH_CHECK(error.empty(), error);
-  return {dq, dk, dv, du, dA0, dS0, dz0};
+  return {dq, dk, dv, dx, dA0, dS0, dz0};
 }
-#endif  // VLA_TORCH_CUDA
+
+// ---- the schemas' entry points: each op's own arguments ----------------------------------------
+#define VLA_TORCH_CONFIG_PARAMS \
+  double lambda0, double stab_eps, int64_t refresh_period, double refresh_eps, double denom_eps, bool normalize_output
+#define VLA_TORCH_CONFIG make_config(lambda0, stab_eps, refresh_period, refresh_eps, denom_eps, normalize_output)
+
+using vla::op::DeltaNet;
+using vla::op::LinearAttention;
+using vla::op::Vla;
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> vla_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                               const Tensor& u, const OptTensor& cu, const OptTensor& A0,
+                                                               const OptTensor& S0, const OptTensor& z0,
+                                                               const OptTensor& steps0, VLA_TORCH_CONFIG_PARAMS) {
+  return forward_impl<Vla>(q, k, v, u, cu, {A0, S0, z0, steps0}, VLA_TORCH_CONFIG);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> vla_backward(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& u, const OptTensor& cu, const OptTensor& A0,
+    const OptTensor& S0, const OptTensor& z0, const OptTensor& steps0, const Tensor& d_o, const OptTensor& dA,
+    const OptTensor& dS, const OptTensor& dz, VLA_TORCH_CONFIG_PARAMS) {
+  return backward_impl<Vla>(q, k, v, u, cu, {A0, S0, z0, steps0}, d_o, {dA, dS, dz, {}}, VLA_TORCH_CONFIG);
+}
+
+std::tuple<Tensor, Tensor, Tensor> linear_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                            const OptTensor& cu, const OptTensor& S0,
+                                                            const OptTensor& z0, VLA_TORCH_CONFIG_PARAMS) {
+  auto [o, A, S, z, steps] = forward_impl<LinearAttention>(q, k, v, {}, cu, {{}, S0, z0, {}}, VLA_TORCH_CONFIG);
+  return {o, S, z};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_attention_backward(
+    const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& cu, const OptTensor& S0, const OptTensor& z0,
+    const Tensor& d_o, const OptTensor& dS, const OptTensor& dz, VLA_TORCH_CONFIG_PARAMS) {
+  auto [dq, dk, dv, dx, dA0, dS0, dz0] =
+      backward_impl<LinearAttention>(q, k, v, {}, cu, {{}, S0, z0, {}}, d_o, {{}, dS, dz, {}}, VLA_TORCH_CONFIG);
+  return {dq, dk, dv, dS0, dz0};
+}
+
+std::tuple<Tensor, Tensor> deltanet_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                                            const OptTensor& cu, const OptTensor& S0, VLA_TORCH_CONFIG_PARAMS) {
+  auto [o, A, S, z, steps] = forward_impl<DeltaNet>(q, k, v, beta, cu, {{}, S0, {}, {}}, VLA_TORCH_CONFIG);
+  return {o, S};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> deltanet_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                                     const Tensor& beta, const OptTensor& cu,
+                                                                     const OptTensor& S0, const Tensor& d_o,
+                                                                     const OptTensor& dS, VLA_TORCH_CONFIG_PARAMS) {
+  auto [dq, dk, dv, dbeta, dA0, dS0, dz0] =
+      backward_impl<DeltaNet>(q, k, v, beta, cu, {{}, S0, {}, {}}, d_o, {{}, dS, {}, {}}, VLA_TORCH_CONFIG);
+  return {dq, dk, dv, dbeta, dS0};
+}
 
 }  // namespace
 
+#define VLA_TORCH_CONFIG_SCHEMA \
+  "float lambda0, float stab_eps, int refresh_period, float refresh_eps, float denom_eps, bool normalize_output"
+
 TORCH_LIBRARY(vla, m) {
-  m.def(
-      "vla_forward(Tensor q, Tensor k, Tensor v, Tensor u, Tensor? cu_seqlens, Tensor? A0, Tensor? S0, Tensor? z0, "
-      "Tensor? steps0, float lambda0, float stab_eps, int refresh_period, float refresh_eps, float denom_eps, "
-      "bool normalize_output) -> (Tensor o, Tensor A, Tensor S, Tensor z, Tensor steps)");
-  m.def(
-      "vla_backward(Tensor q, Tensor k, Tensor v, Tensor u, Tensor? cu_seqlens, Tensor? A0, Tensor? S0, Tensor? z0, "
-      "Tensor? steps0, Tensor d_o, Tensor? dA, Tensor? dS, Tensor? dz, float lambda0, float stab_eps, "
-      "int refresh_period, float refresh_eps, float denom_eps, bool normalize_output) -> "
-      "(Tensor dq, Tensor dk, Tensor dv, Tensor du, Tensor dA0, Tensor dS0, Tensor dz0)");
+  m.def("vla_forward(Tensor q, Tensor k, Tensor v, Tensor u, Tensor? cu_seqlens, Tensor? A0, Tensor? S0, Tensor? z0, "
+        "Tensor? steps0, " VLA_TORCH_CONFIG_SCHEMA ") -> (Tensor o, Tensor A, Tensor S, Tensor z, Tensor steps)");
+  m.def("vla_backward(Tensor q, Tensor k, Tensor v, Tensor u, Tensor? cu_seqlens, Tensor? A0, Tensor? S0, Tensor? z0, "
+        "Tensor? steps0, Tensor d_o, Tensor? dA, Tensor? dS, Tensor? dz, " VLA_TORCH_CONFIG_SCHEMA
+        ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor du, Tensor dA0, Tensor dS0, Tensor dz0)");
+  m.def("linear_attention_forward(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, Tensor? S0, Tensor? z0, "
+        VLA_TORCH_CONFIG_SCHEMA ") -> (Tensor o, Tensor S, Tensor z)");
+  m.def("linear_attention_backward(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, Tensor? S0, Tensor? z0, "
+        "Tensor d_o, Tensor? dS, Tensor? dz, " VLA_TORCH_CONFIG_SCHEMA
+        ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor dS0, Tensor dz0)");
+  m.def("deltanet_forward(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? cu_seqlens, Tensor? S0, "
+        VLA_TORCH_CONFIG_SCHEMA ") -> (Tensor o, Tensor S)");
+  m.def("deltanet_backward(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? cu_seqlens, Tensor? S0, Tensor d_o, "
+        "Tensor? dS, " VLA_TORCH_CONFIG_SCHEMA ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbeta, Tensor dS0)");
 }
 
-TORCH_LIBRARY_IMPL(vla, CPU, m) {
-  m.impl("vla_forward", &vla_forward_cpu);
-  m.impl("vla_backward", &vla_backward_cpu);
-}
+#define VLA_TORCH_IMPLS(m)                                             \
+  m.impl("vla_forward", &vla_forward);                                 \
+  m.impl("vla_backward", &vla_backward);                               \
+  m.impl("linear_attention_forward", &linear_attention_forward);       \
+  m.impl("linear_attention_backward", &linear_attention_backward);     \
+  m.impl("deltanet_forward", &deltanet_forward);                       \
+  m.impl("deltanet_backward", &deltanet_backward);
 
+TORCH_LIBRARY_IMPL(vla, CPU, m) { VLA_TORCH_IMPLS(m) }
 #ifdef VLA_TORCH_CUDA
-TORCH_LIBRARY_IMPL(vla, CUDA, m) {
-  m.impl("vla_forward", &vla_forward_cuda);
-  m.impl("vla_backward", &vla_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(vla, CUDA, m) { VLA_TORCH_IMPLS(m) }
 #endif
 
 #ifdef VLA_TORCH_PYMODULE
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "vla's operators (torch.ops.vla)", -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "vla's operators (torch.ops.vla)", -1, nullptr,
+                               nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module);
 }
 #endif
