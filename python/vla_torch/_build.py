@@ -16,6 +16,10 @@ def build_options(csrc_dir):
     defines = []
     nvcc = []
     if with_cuda:
+        # With no GPU visible torch cannot pick the architectures itself (it fails); vla's kernels
+        # are built and tuned for Hopper.
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
         sources += [os.path.join(csrc_dir, f"cuda_ops_{t}.cu") for t in ("f32", "f16", "bf16")]
         defines.append("VLA_TORCH_CUDA")
         # torch hides half/bf16 operators and conversions from extensions; vla's kernels use them.
