@@ -99,13 +99,11 @@ Dims check_tokens(const Tensor& q, const Tensor& k, const Tensor& v, const OptTe
 
 torch::ScalarType state_dtype(const Dims& d, const Tensor& q) { return d.gpu ? torch::kFloat : q.scalar_type(); }
 
-// The state's parts an op has (A and steps: VLA; z: VLA and linear attention; S: every op).
-template <class Op>
+// A state's parts, as given (A and steps: VLA; z: VLA and linear attention; S: every op).
 struct StateParts {
   OptTensor A, S, z, steps;
 };
 
-template <class Op>
 std::vector<int64_t> part_shape(const Dims& d, char part) {
   switch (part) {
     case 'A': return {d.n_seq, d.heads, d.dk, d.dk};
@@ -117,7 +115,7 @@ std::vector<int64_t> part_shape(const Dims& d, char part) {
 
 // An initial state is all of the op's parts or none of them.
 template <class Op>
-bool check_state(const Dims& d, const StateParts<Op>& s, torch::ScalarType dt, const torch::Device& dev) {
+bool check_state(const Dims& d, const StateParts& s, torch::ScalarType dt, const torch::Device& dev) {
   const int given = s.A.has_value() + s.S.has_value() + s.z.has_value() + s.steps.has_value();
   const int needed = 1 + Op::uses_A + Op::uses_z + Op::uses_steps;
   TORCH_CHECK(given == 0 || given == needed, "vla: give all of the initial state (", Op::uses_A ? "A0, " : "", "S0",
@@ -127,7 +125,7 @@ bool check_state(const Dims& d, const StateParts<Op>& s, torch::ScalarType dt, c
   for (const auto& [t, part] : parts) {
     if (!*t) continue;
     TORCH_CHECK((*t)->device() == dev, "vla: the initial state must be on the tokens' device");
-    TORCH_CHECK((*t)->sizes() == torch::IntArrayRef(part_shape<Op>(d, part)), "vla: ",
+    TORCH_CHECK((*t)->sizes() == torch::IntArrayRef(part_shape(d, part)), "vla: ",
                 part == 'A' ? "A0 must be [N, H, dk, dk]" : part == 'S' ? "S0 must be [N, H, dv, dk]"
                 : part == 'z' ? "z0 must be [N, H, dk]" : "steps0 must be int64 [N, H]");
     TORCH_CHECK(part == 't' ? (*t)->scalar_type() == torch::kLong : (*t)->scalar_type() == dt,
@@ -204,7 +202,7 @@ vla::StateBuffers<St> state_buffers(const Tensor& A, const Tensor& S, const Tens
 template <class Op, class In, class St>
 vla::ForwardArgs<In, St> forward_args(const Dims& d, const Seqlens& seq, const Tensor& q, const Tensor& k,
                                       const Tensor& v, const Tensor& x, const Tensor& o, bool init,
-                                      const StateParts<Op>& s0) {
+                                      const StateParts& s0) {
   vla::ForwardArgs<In, St> a;
   a.batch = d.n_seq, a.seq_len = seq.backend.defined() ? 0 : d.seq_len, a.heads = d.heads, a.dk = d.dk, a.dv = d.dv;
   a.cu_seqlens = seq.ptr();
@@ -274,7 +272,7 @@ struct DeviceGuard {
 template <class Op>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& q_, const Tensor& k_, const Tensor& v_,
                                                                 const OptTensor& x_, const OptTensor& cu,
-                                                                const StateParts<Op>& s0, const vla::Config& cfg) {
+                                                                const StateParts& s0, const vla::Config& cfg) {
   const Dims d = check_tokens<Op>(q_, k_, v_, x_, cu);
   const DeviceGuard guard(q_);
   const torch::ScalarType sdt = state_dtype(d, q_);
@@ -284,11 +282,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& q_
   const auto so = q_.options().dtype(sdt);
   Tensor o = torch::empty({d.batch, d.seq_len, d.heads, d.dv}, q_.options());
   const Tensor o_buf = buffer(o);  // o itself unless it has no elements
-  Tensor A, S = torch::empty(part_shape<Op>(d, 'S'), so), z, steps;
-  if (Op::uses_A) A = torch::empty(part_shape<Op>(d, 'A'), so);
-  if (Op::uses_z) z = torch::empty(part_shape<Op>(d, 'z'), so);
-  if (Op::uses_steps) steps = torch::empty(part_shape<Op>(d, 't'), so.dtype(torch::kLong));
-  const StateParts<Op> init_bufs{buffer(s0.A), buffer(s0.S), buffer(s0.z), buffer(s0.steps)};
+  Tensor A, S = torch::empty(part_shape(d, 'S'), so), z, steps;
+  if (Op::uses_A) A = torch::empty(part_shape(d, 'A'), so);
+  if (Op::uses_z) z = torch::empty(part_shape(d, 'z'), so);
+  if (Op::uses_steps) steps = torch::empty(part_shape(d, 't'), so.dtype(torch::kLong));
+  const StateParts init_bufs{buffer(s0.A), buffer(s0.S), buffer(s0.z), buffer(s0.steps)};
   dispatch(d, q.scalar_type(), [&](auto types) {
     using T = decltype(types);
     using In = typename T::In;
@@ -304,7 +302,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& q_
 template <class Op>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     const Tensor& q_, const Tensor& k_, const Tensor& v_, const OptTensor& x_, const OptTensor& cu,
-    const StateParts<Op>& s0, const Tensor& d_o_, const StateParts<Op>& d_final, const vla::Config& cfg) {
+    const StateParts& s0, const Tensor& d_o_, const StateParts& d_final, const vla::Config& cfg) {
   const Dims d = check_tokens<Op>(q_, k_, v_, x_, cu);
   const DeviceGuard guard(q_);
   const torch::ScalarType sdt = state_dtype(d, q_);
@@ -322,20 +320,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl
     const std::pair<const OptTensor*, char> parts[] = {{&d_final.A, 'A'}, {&d_final.S, 'S'}, {&d_final.z, 'z'}};
     for (const auto& [t, part] : parts)
       TORCH_CHECK(!*t || ((*t)->scalar_type() == sdt && (*t)->device() == q_.device() &&
-                          (*t)->sizes() == torch::IntArrayRef(part_shape<Op>(d, part))),
+                          (*t)->sizes() == torch::IntArrayRef(part_shape(d, part))),
                   "vla: the final state's gradients must be shaped like the state, with its dtype and device");
-    if (Op::uses_A) dA = buffer(d_final.A ? *d_final.A : torch::zeros(part_shape<Op>(d, 'A'), so));
-    dS = buffer(d_final.S ? *d_final.S : torch::zeros(part_shape<Op>(d, 'S'), so));
-    if (Op::uses_z) dz = buffer(d_final.z ? *d_final.z : torch::zeros(part_shape<Op>(d, 'z'), so));
+    if (Op::uses_A) dA = buffer(d_final.A ? *d_final.A : torch::zeros(part_shape(d, 'A'), so));
+    dS = buffer(d_final.S ? *d_final.S : torch::zeros(part_shape(d, 'S'), so));
+    if (Op::uses_z) dz = buffer(d_final.z ? *d_final.z : torch::zeros(part_shape(d, 'z'), so));
   }
   Tensor dq = torch::empty(q_.sizes(), q_.options()), dk = torch::empty(k_.sizes(), k_.options()),
          dv = torch::empty(v_.sizes(), v_.options()), dx;
   if (x_) dx = torch::empty(x_->sizes(), x_->options());
   const Tensor dq_b = buffer(dq), dk_b = buffer(dk), dv_b = buffer(dv), dx_b = dx.defined() ? buffer(dx) : Tensor();
-  Tensor dA0, dS0 = torch::empty(part_shape<Op>(d, 'S'), so), dz0;
-  if (Op::uses_A) dA0 = torch::empty(part_shape<Op>(d, 'A'), so);
-  if (Op::uses_z) dz0 = torch::empty(part_shape<Op>(d, 'z'), so);
-  const StateParts<Op> init_bufs{buffer(s0.A), buffer(s0.S), buffer(s0.z), buffer(s0.steps)};
+  Tensor dA0, dS0 = torch::empty(part_shape(d, 'S'), so), dz0;
+  if (Op::uses_A) dA0 = torch::empty(part_shape(d, 'A'), so);
+  if (Op::uses_z) dz0 = torch::empty(part_shape(d, 'z'), so);
+  const StateParts init_bufs{buffer(s0.A), buffer(s0.S), buffer(s0.z), buffer(s0.steps)};
   const Tensor o_unused = buffer(torch::empty({0}, q.options()));
   dispatch(d, q.scalar_type(), [&](auto types) {
     using T = decltype(types);
