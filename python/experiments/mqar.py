@@ -21,9 +21,18 @@ The setup, as issue 12 states it and as their notebook does it (written here fro
   rule of docs/maths.md §7 with β per head, **not** their notebook's DeltaNetAttn (a gated
   recurrence of another kind) —, softmax = causal SDPA with one qkv projection, as their SoftmaxAttn.
 
-On CUDA tensors the baselines' backward is not built yet (vla_torch raises an error saying so):
-run linear and deltanet with --device cpu. Each run appends one JSON line to --out; the summary
-prints mean ± sd over seeds per (model, n_pairs).
+On CUDA tensors vla_torch has no backward for the baselines yet, so there (--baselines torch, the
+default on CUDA) linear attention and DeltaNet run the same layers through torch_baselines.py's
+differentiable chunked forms of the same recurrences, which every run first checks against the
+operators (forward and gradients, float64 on the CPU; the errors go into each JSON line); on the CPU
+(--baselines op) they run through vla_torch. authors_vla is the authors' own TinyLM with their
+VLAv3Attn, executed from their notebook (--authors-notebook, via tools/parity/authors.py).
+
+Long context: --seq-lens T... with one n_pairs trains at T = the given lengths, with
+T − 2n − 1 queries (their notebook's make_mqar_batch; their loop used 2,000 steps, 200 warm-up, 15
+evaluation batches). Each run appends one JSON line to --out; --worker i/P runs every P-th job
+(seeds outermost, so partial sweeps cover every cell once first), --deadline-s stops starting jobs;
+--summarize FILE... prints mean ± sd over seeds per (model, n_pairs, T).
 """
 import argparse
 import json
@@ -42,12 +51,15 @@ import vla_torch  # noqa: E402
 VOCAB, SEP = 128, 127
 
 
-def mqar_batch(B, n_pairs, gen, device):
-    """x, y [B, 3n + 1]; y = -100 except at the query positions."""
-    T = 3 * n_pairs + 1
+def mqar_batch(B, n_pairs, gen, device, T=None):
+    """x, y [B, T] (default T = 3n + 1: n queries); y = -100 except at the T − 2n − 1 query positions."""
+    T = 3 * n_pairs + 1 if T is None else T
+    n_q = T - 2 * n_pairs - 1
+    if n_q < 1:
+        raise ValueError(f"mqar: T = {T} leaves no query for {n_pairs} pairs")
     keys = torch.argsort(torch.rand(B, VOCAB - 1, generator=gen), dim=1)[:, :n_pairs]
     vals = torch.randint(0, VOCAB - 1, (B, n_pairs), generator=gen)
-    pick = torch.randint(0, n_pairs, (B, n_pairs), generator=gen)
+    pick = torch.randint(0, n_pairs, (B, n_q), generator=gen)
     x = torch.full((B, T), SEP, dtype=torch.long)
     y = torch.full((B, T), -100, dtype=torch.long)
     x[:, 0:2 * n_pairs:2], x[:, 1:2 * n_pairs:2] = keys, vals
@@ -70,12 +82,19 @@ class SoftmaxAttention(torch.nn.Module):
         return self.o(o.transpose(1, 2).reshape(B, T, D))
 
 
-def make_attention(kind, d_model, n_heads):
+def make_attention(kind, d_model, n_heads, baselines="op"):
     if kind == "softmax":
         return SoftmaxAttention(d_model, n_heads)
-    layer = {"vla": vla_torch.VLAAttention, "linear": vla_torch.LinearAttention,
-             "deltanet": vla_torch.DeltaNetAttention}[kind](d_model, n_heads)
-    return _DropState(layer)
+    if kind == "vla":
+        return _DropState(vla_torch.VLAAttention(d_model, n_heads))
+    import torch_baselines
+    if kind == "linear":
+        op = torch_baselines.linear_attention if baselines == "torch" else None
+        return _DropState(vla_torch.LinearAttention(d_model, n_heads, op=op))
+    if kind == "deltanet":
+        op = torch_baselines.deltanet if baselines == "torch" else None
+        return _DropState(vla_torch.DeltaNetAttention(d_model, n_heads, op=op))
+    raise ValueError(f"mqar: unknown model {kind}")
 
 
 class _DropState(torch.nn.Module):
@@ -90,10 +109,10 @@ class _DropState(torch.nn.Module):
 
 
 class Block(torch.nn.Module):
-    def __init__(self, kind, d_model, n_heads, d_ff):
+    def __init__(self, kind, d_model, n_heads, d_ff, baselines):
         super().__init__()
         self.ln1, self.ln2 = torch.nn.LayerNorm(d_model), torch.nn.LayerNorm(d_model)
-        self.attn = make_attention(kind, d_model, n_heads)
+        self.attn = make_attention(kind, d_model, n_heads, baselines)
         self.ff = torch.nn.Sequential(torch.nn.Linear(d_model, d_ff), torch.nn.GELU(), torch.nn.Linear(d_ff, d_model))
 
     def forward(self, x):
@@ -102,11 +121,11 @@ class Block(torch.nn.Module):
 
 
 class TinyLM(torch.nn.Module):
-    def __init__(self, kind, d_model=128, n_heads=4, n_layers=2, d_ff=256, max_len=4096):
+    def __init__(self, kind, d_model=128, n_heads=4, n_layers=2, d_ff=256, max_len=4096, baselines="op"):
         super().__init__()
         self.tok = torch.nn.Embedding(VOCAB, d_model)
         self.pos = torch.nn.Embedding(max_len, d_model)
-        self.blocks = torch.nn.ModuleList([Block(kind, d_model, n_heads, d_ff) for _ in range(n_layers)])
+        self.blocks = torch.nn.ModuleList([Block(kind, d_model, n_heads, d_ff, baselines) for _ in range(n_layers)])
         self.ln_f = torch.nn.LayerNorm(d_model)
         self.head = torch.nn.Linear(d_model, VOCAB, bias=False)
         self.head.weight = self.tok.weight
@@ -123,13 +142,37 @@ class TinyLM(torch.nn.Module):
         return self.head(self.ln_f(x))
 
 
+class _AuthorsLM(torch.nn.Module):
+    """The authors' TinyLM (their ModelConfig defaults: d_model 128, 4 heads, 2 layers, FFN 256) with
+    attention `attn` ('vla': their VLAv3Attn), run from their notebook; their forward returns (logits, state)."""
+
+    def __init__(self, notebook, attn, max_len):
+        super().__init__()
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "parity")
+        sys.path.insert(0, root)
+        import authors
+        ns = authors.load_notebook(notebook)
+        self.lm = ns.TinyLM(ns.ModelConfig(max_seq_len=max(max_len, 4096)), attn)
+
+    def forward(self, idx):
+        return self.lm(idx)[0]
+
+
+def build_model(kind, a, T):
+    if kind == "authors_vla":
+        if not a.authors_notebook:
+            raise ValueError("mqar: authors_vla needs --authors-notebook (their notebooks/07-vlav3-benchmark-fixed.ipynb)")
+        return _AuthorsLM(a.authors_notebook, "vla", T)
+    return TinyLM(kind, max_len=max(4096, T), baselines=a.baselines)
+
+
 @torch.no_grad()
-def evaluate(model, n_pairs, device, batches=20, B=32, seed=10_000):
+def evaluate(model, n_pairs, device, batches=20, B=32, seed=10_000, T=None):
     model.eval()
-    gen = torch.Generator().manual_seed(seed + n_pairs)
+    gen = torch.Generator().manual_seed(seed + n_pairs + (0 if T is None else 7919 * T))
     hits = total = 0
     for _ in range(batches):
-        x, y = mqar_batch(B, n_pairs, gen, device)
+        x, y = mqar_batch(B, n_pairs, gen, device, T)
         pred = model(x).argmax(-1)
         m = y != -100
         hits += (pred[m] == y[m]).sum().item()
@@ -138,9 +181,10 @@ def evaluate(model, n_pairs, device, batches=20, B=32, seed=10_000):
     return hits / total
 
 
-def train(kind, n_pairs, seed, a):
+def train(kind, n_pairs, seed, a, T=None):
     torch.manual_seed(seed)
-    model = TinyLM(kind).to(a.device)
+    T_run = 3 * n_pairs + 1 if T is None else T
+    model = build_model(kind, a, T_run).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     warm = min(a.warmup, a.steps)
 
@@ -153,9 +197,12 @@ def train(kind, n_pairs, seed, a):
     gen = torch.Generator().manual_seed(seed)
     t0 = time.time()
     loss = torch.tensor(float("nan"))
+    trace = []  # (step, loss) every 300 steps: the authors_vla cross-check compares curves, not only ends
     for step in range(a.steps):
-        x, y = mqar_batch(a.batch, n_pairs, gen, a.device)
+        x, y = mqar_batch(a.batch, n_pairs, gen, a.device, T)
         loss = F.cross_entropy(model(x).view(-1, VOCAB), y.view(-1), ignore_index=-100)
+        if step % 300 == 0:
+            trace.append([step, round(loss.item(), 4)])
         if not torch.isfinite(loss):
             break
         opt.zero_grad(set_to_none=True)
@@ -163,38 +210,84 @@ def train(kind, n_pairs, seed, a):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-    return {"model": kind, "n_pairs": n_pairs, "seed": seed, "steps": a.steps, "batch": a.batch,
-            "device": a.device, "final_loss": loss.item(), "accuracy": evaluate(model, n_pairs, a.device),
-            "seconds": round(time.time() - t0, 1)}
+    done = step + 1 if torch.isfinite(loss) else step
+    if a.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    secs = time.time() - t0
+    impl = {"vla": "vla_torch", "softmax": "sdpa", "authors_vla": "authors"}.get(
+        kind, "torch_baselines" if a.baselines == "torch" else "vla_torch")
+    return {"model": kind, "impl": impl, "n_pairs": n_pairs, "T": T_run, "seed": seed, "steps": a.steps,
+            "steps_done": done, "warmup": a.warmup, "batch": a.batch, "device": a.device,
+            "final_loss": loss.item(), "accuracy": evaluate(model, n_pairs, a.device, a.eval_batches, T=T),
+            "eval_batches": a.eval_batches, "seconds": round(secs, 1), "ms_per_step": round(1e3 * secs / max(done, 1), 2),
+            "loss_trace": trace}
+
+
+def summarize(rows):
+    print("model        impl             n_pairs      T  accuracy (mean ± sd over seeds)  seeds")
+    keys = sorted({(r["model"], r["impl"], r["n_pairs"], r["T"]) for r in rows}, key=lambda k: (k[0], k[2], k[3]))
+    for kind, impl, n, T in keys:
+        acc = [r["accuracy"] for r in rows if (r["model"], r["impl"], r["n_pairs"], r["T"]) == (kind, impl, n, T)]
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        print(f"{kind:12s} {impl:16s} {n:7d} {T:6d}  {statistics.mean(acc):.3f} ± {sd:.3f}"
+              f"{'':22s}{len(acc)}")
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="+", default=["vla", "linear", "deltanet", "softmax"])
     p.add_argument("--pairs", nargs="+", type=int, default=[4, 8, 16, 24, 32, 48, 64])
+    p.add_argument("--seq-lens", nargs="+", type=int, default=None, help="long context: these T (default 3n + 1)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--eval-batches", type=int, default=20)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--baselines", choices=["op", "torch"], default=None,
+                   help="linear/deltanet through vla_torch (op) or torch_baselines (torch); default: op on CPU, torch on CUDA")
+    p.add_argument("--authors-notebook", default=os.environ.get("VLA_AUTHORS_NOTEBOOK"))
+    p.add_argument("--worker", default="0/1", help="i/P: run every P-th job starting at i")
+    p.add_argument("--deadline-s", type=float, default=None, help="start no job after this many seconds")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--out", default="mqar.jsonl")
+    p.add_argument("--summarize", nargs="+", default=None, help="print the table of these JSON-lines files and exit")
     a = p.parse_args()
+    if a.summarize:
+        rows = [json.loads(l) for f in a.summarize for l in open(f) if l.strip()]
+        summarize(rows)
+        return
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.baselines is None:
+        a.baselines = "torch" if a.device.startswith("cuda") else "op"
+    t_start = time.time()
+    check = None
+    if a.baselines == "torch" and any(m in ("linear", "deltanet") for m in a.models):
+        import torch_baselines
+        check = torch_baselines.check_against_operator()
+        print("torch_baselines against vla_torch (float64, CPU, max rel error of o and gradients):", check, flush=True)
+        if max(check.values()) > 1e-10:
+            raise SystemExit("mqar: torch_baselines disagree with the operators; not training on them")
+    lens = a.seq_lens or [None]
+    jobs = [(seed, kind, n, T) for seed in a.seeds for kind in a.models for n in a.pairs for T in lens
+            if T is None or T >= 2 * n + 2]
+    wi, wp = (int(x) for x in a.worker.split("/"))
     rows = []
-    for kind in a.models:
-        for n in a.pairs:
-            for seed in a.seeds:
-                r = train(kind, n, seed, a)
-                rows.append(r)
-                print(json.dumps(r), flush=True)
-                with open(a.out, "a") as f:
-                    f.write(json.dumps(r) + "\n")
-    print("\nmodel     n_pairs  accuracy (mean ± sd over seeds)")
-    for kind in a.models:
-        for n in a.pairs:
-            acc = [r["accuracy"] for r in rows if r["model"] == kind and r["n_pairs"] == n]
-            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-            print(f"{kind:9s} {n:7d}  {statistics.mean(acc):.3f} ± {sd:.3f}  (n = {len(acc)})")
+    for seed, kind, n, T in jobs[wi::wp]:
+        if a.deadline_s is not None and time.time() - t_start > a.deadline_s:
+            print(f"deadline: not starting {kind} n={n} T={T} seed={seed}", flush=True)
+            continue
+        r = train(kind, n, seed, a, T)
+        if check is not None and kind in ("linear", "deltanet") and a.baselines == "torch":
+            r["check_rel_err"] = check[kind]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        with open(a.out, "a") as f:
+            f.write(json.dumps(r) + "\n")
+    if rows:
+        summarize(rows)
 
 
 if __name__ == "__main__":

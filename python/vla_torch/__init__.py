@@ -258,13 +258,16 @@ class LinearAttention(torch.nn.Module):
     """The authors' LinearAttn layer (notebooks/07) over vla's linear attention, as vla's C++ layer
     computes it (docs/layers.md, kind linear_attention): q = ELU(Wq x) + 1, k = ELU(Wk x) + 1,
     v = Wv x, split into heads; o = S q / max(zᵀq, ε) with their ε = 1e-6; heads merged; Wo.
-    Their parameter names (Wq, Wk, Wv, Wo). forward(x, state=None) -> (y, (S, z))."""
+    Their parameter names (Wq, Wk, Wv, Wo). forward(x, state=None) -> (y, (S, z)).
+    `op` replaces the operator (a function with linear_attention's signature; default: this
+    package's), for an experiment that must run the same layer through another implementation."""
 
-    def __init__(self, d_model: int, n_heads: int, eps: float = 1e-6):
+    def __init__(self, d_model: int, n_heads: int, eps: float = 1e-6, op=None):
         super().__init__()
         if d_model % n_heads:
             raise ValueError("vla_torch.LinearAttention: d_model must be a multiple of n_heads")
         self.d_model, self.n_heads, self.config = d_model, n_heads, Config(denom_eps=eps)
+        self.op = op if op is not None else linear_attention
         self.Wq = torch.nn.Linear(d_model, d_model)
         self.Wk = torch.nn.Linear(d_model, d_model)
         self.Wv = torch.nn.Linear(d_model, d_model)
@@ -275,7 +278,7 @@ class LinearAttention(torch.nn.Module):
         heads = (B, T, self.n_heads, self.d_model // self.n_heads)
         q = (torch.nn.functional.elu(self.Wq(x)) + 1).reshape(heads)
         k = (torch.nn.functional.elu(self.Wk(x)) + 1).reshape(heads)
-        o, state = linear_attention(q, k, self.Wv(x).reshape(heads), initial_state=state, config=self.config)
+        o, state = self.op(q, k, self.Wv(x).reshape(heads), initial_state=state, config=self.config)
         return self.Wo(o.reshape(B, T, self.d_model)), state
 
 
@@ -284,13 +287,14 @@ class DeltaNetAttention(torch.nn.Module):
     k = Wk x (the op uses k/‖k‖), v = Wv x, β = sigmoid(Wbeta x) one per head (Wbeta [H, d_model];
     a β that rounds to 0 becomes the smallest normal value, as in the C++ layer); the delta rule;
     heads merged; Wo. Names as vla::io::AttentionNames::authors_multihead. forward(x, state=None)
-    -> (y, S)."""
+    -> (y, S). `op` replaces the operator (deltanet's signature), as in LinearAttention."""
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, op=None):
         super().__init__()
         if d_model % n_heads:
             raise ValueError("vla_torch.DeltaNetAttention: d_model must be a multiple of n_heads")
         self.d_model, self.n_heads = d_model, n_heads
+        self.op = op if op is not None else deltanet
         self.Wq = torch.nn.Linear(d_model, d_model)
         self.Wk = torch.nn.Linear(d_model, d_model)
         self.Wv = torch.nn.Linear(d_model, d_model)
@@ -302,7 +306,7 @@ class DeltaNetAttention(torch.nn.Module):
         heads = (B, T, self.n_heads, self.d_model // self.n_heads)
         q = (torch.nn.functional.elu(self.Wq(x)) + 1).reshape(heads)
         beta = torch.sigmoid(self.Wbeta(x)).clamp_min(torch.finfo(x.dtype).tiny)
-        o, state = deltanet(q, self.Wk(x).reshape(heads), self.Wv(x).reshape(heads), beta, initial_state=state)
+        o, state = self.op(q, self.Wk(x).reshape(heads), self.Wv(x).reshape(heads), beta, initial_state=state)
         return self.Wo(o.reshape(B, T, self.d_model)), state
 
 
