@@ -35,5 +35,5 @@ done
 wait
 echo "workers $(( $(date +%s) - t1 )) s"
 grep -h "torch_baselines against" "$out"/worker_*.log | head -1
-grep -h -i "error\|Traceback" "$out"/worker_*.log | sort | uniq -c | head -10
+grep -h -E "Traceback|Error:" "$out"/worker_*.log | sort | uniq -c | head -10
 ls "$out"/mqar_*.jsonl >/dev/null 2>&1 && python3 python/experiments/mqar.py --summarize "$out"/mqar_*.jsonl | tee "$out/summary.txt"

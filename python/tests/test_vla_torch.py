@@ -212,6 +212,45 @@ def test_layer_is_the_authors_composition_with_their_names():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
+
+def _authors_notebook():
+    """Their notebooks/07-vlav3-benchmark-fixed.ipynb, where a checkout of their repository (or a
+    copy of the file) is pointed at by VLA_AUTHORS_NOTEBOOK; not part of this repository."""
+    path = os.environ.get("VLA_AUTHORS_NOTEBOOK") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "_carry", "authors", "07-vlav3-benchmark-fixed.ipynb")
+    return path if os.path.isfile(path) else None
+
+
+@pytest.mark.skipif(_authors_notebook() is None, reason="the authors' notebook 07 is not here (VLA_AUTHORS_NOTEBOOK)")
+def test_layer_matches_the_authors_module_under_autograd():
+    """Their VLAv3Attn (run from their notebook, in float64) and VLAAttention with its weights: the
+    output and the gradients of a loss with respect to the input and to every parameter. T = 45
+    crosses two refresh steps."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools", "parity"))
+    import authors
+
+    ns = authors.load_notebook(_authors_notebook())
+    torch.manual_seed(5)
+    with authors.float64_run():
+        theirs = ns.VLAv3Attn(d=32, H=4).double()
+        ours = vla_torch.VLAAttention(d_model=32, n_heads=4).double()
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.randn(2, 45, 32, dtype=torch.float64)
+        w = torch.randn(2, 45, 32, dtype=torch.float64)
+        names = sorted(n for n, _ in ours.named_parameters())
+        assert names == sorted(n for n, _ in theirs.named_parameters())
+        res = []
+        for m in (theirs, ours):
+            xi = x.clone().requires_grad_(True)
+            params = dict(m.named_parameters())
+            y = m(xi)
+            y = y[0] if isinstance(y, tuple) else y
+            g = torch.autograd.grad((y * w).sum(), [xi] + [params[n] for n in names])
+            res.append((y.detach(), dict(zip(["x"] + names, g))))
+    assert rel(res[1][0], res[0][0]) < 1e-12
+    for name in ["x"] + names:
+        assert rel(res[1][1][name], res[0][1][name]) < 1e-10, name
+
 # ---- CUDA tensors: vla's CUDA backend against the CPU operator in float64 ---------------------------
 # (The CPU operator is the reference here: it is checked above against the loop of §2.) Tolerances
 # are relative RMS over a whole tensor, per token dtype: float32 tokens run float arithmetic
