@@ -86,26 +86,15 @@ def make_attention(kind, d_model, n_heads, baselines="op"):
     if kind == "softmax":
         return SoftmaxAttention(d_model, n_heads)
     if kind == "vla":
-        return _DropState(vla_torch.VLAAttention(d_model, n_heads))
+        return vla_torch.VLAAttention(d_model, n_heads)
     import torch_baselines
     if kind == "linear":
         op = torch_baselines.linear_attention if baselines == "torch" else None
-        return _DropState(vla_torch.LinearAttention(d_model, n_heads, op=op))
+        return vla_torch.LinearAttention(d_model, n_heads, op=op)
     if kind == "deltanet":
         op = torch_baselines.deltanet if baselines == "torch" else None
-        return _DropState(vla_torch.DeltaNetAttention(d_model, n_heads, op=op))
+        return vla_torch.DeltaNetAttention(d_model, n_heads, op=op)
     raise ValueError(f"mqar: unknown model {kind}")
-
-
-class _DropState(torch.nn.Module):
-    """vla_torch's layers return (y, state); a training block wants y."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x):
-        return self.layer(x)[0]
 
 
 class Block(torch.nn.Module):
@@ -116,7 +105,8 @@ class Block(torch.nn.Module):
         self.ff = torch.nn.Sequential(torch.nn.Linear(d_model, d_ff), torch.nn.GELU(), torch.nn.Linear(d_ff, d_model))
 
     def forward(self, x):
-        x = x + self.attn(self.ln1(x))
+        a = self.attn(self.ln1(x))
+        x = x + (a[0] if isinstance(a, tuple) else a)  # vla_torch's layers return (y, state)
         return x + self.ff(self.ln2(x))
 
 
@@ -216,6 +206,9 @@ def train(kind, n_pairs, seed, a, T=None):
     secs = time.time() - t0
     impl = {"vla": "vla_torch", "softmax": "sdpa", "authors_vla": "authors"}.get(
         kind, "torch_baselines" if a.baselines == "torch" else "vla_torch")
+    if a.save_dir and kind != "authors_vla" and seed in a.save_seeds:
+        os.makedirs(a.save_dir, exist_ok=True)
+        torch.save(model.state_dict(), os.path.join(a.save_dir, f"{kind}_n{n_pairs}_T{T_run}_s{seed}.pt"))
     return {"model": kind, "impl": impl, "n_pairs": n_pairs, "T": T_run, "seed": seed, "steps": a.steps,
             "steps_done": done, "warmup": a.warmup, "batch": a.batch, "device": a.device,
             "final_loss": loss.item(), "accuracy": evaluate(model, n_pairs, a.device, a.eval_batches, T=T),
@@ -252,6 +245,9 @@ def main():
     p.add_argument("--deadline-s", type=float, default=None, help="start no job after this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--out", default="mqar.jsonl")
+    p.add_argument("--save-dir", default=None, help="torch.save each trained model's state_dict here "
+                   "(names as tools/export/export_tinylm.py reads them)")
+    p.add_argument("--save-seeds", nargs="+", type=int, default=[0], help="the seeds whose models --save-dir keeps")
     p.add_argument("--summarize", nargs="+", default=None, help="print the table of these JSON-lines files and exit")
     a = p.parse_args()
     if a.summarize:
