@@ -5,11 +5,16 @@
 # table of everything finished. Offline: Eigen's headers may come in _carry/prefix/include/eigen3,
 # the authors' notebook (for the authors_vla model) at _carry/authors/07-vlav3-benchmark-fixed.ipynb.
 #
-#   VLA_MQAR_ARGS="--models vla softmax --pairs 8 32" bash bench/gpu/run_mqar.sh     logs go to $OUT
+#   VLA_MQAR_ARGS="--models vla softmax --pairs 8 32" bash bench/gpu/run_mqar.sh
+#
+# What comes back is four files in $OUT (a device call returns only a few files): mqar.jsonl (every
+# finished run), summary.txt, gpu.txt and work.tgz (the workers' logs and JSON lines, and the
+# models of --save-dir if it points under the work folder, $VLA_MQAR_WORK).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-/tmp/vla_mqar_out}
-mkdir -p "$out"
+work=${VLA_MQAR_WORK:-$out/work}
+mkdir -p "$out" "$work"
 cd "$root"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/vla_torch_ext}
@@ -30,10 +35,12 @@ t1=$(date +%s)
 for i in $(seq 0 $((workers - 1))); do
   # shellcheck disable=SC2086
   timeout $((deadline + ${VLA_MQAR_GRACE_S:-150})) python3 python/experiments/mqar.py ${VLA_MQAR_ARGS:-} \
-    --worker "$i/$workers" --deadline-s "$deadline" --threads 1 --out "$out/mqar_$i.jsonl" >"$out/worker_$i.log" 2>&1 &
+    --worker "$i/$workers" --deadline-s "$deadline" --threads 1 --out "$work/mqar_$i.jsonl" >"$work/worker_$i.log" 2>&1 &
 done
 wait
 echo "workers $(( $(date +%s) - t1 )) s"
-grep -h "torch_baselines against" "$out"/worker_*.log | head -1
-grep -h -E "Traceback|Error:" "$out"/worker_*.log | sort | uniq -c | head -10
-ls "$out"/mqar_*.jsonl >/dev/null 2>&1 && python3 python/experiments/mqar.py --summarize "$out"/mqar_*.jsonl | tee "$out/summary.txt"
+grep -h "torch_baselines against" "$work"/worker_*.log | head -1
+grep -h -E "Traceback|Error:" "$work"/worker_*.log | sort | uniq -c | head -10
+cat "$work"/mqar_*.jsonl > "$out/mqar.jsonl" 2>/dev/null
+[ -s "$out/mqar.jsonl" ] && python3 python/experiments/mqar.py --summarize "$out/mqar.jsonl" | tee "$out/summary.txt"
+tar czf "$out/work.tgz" -C "$work" . && [ "$work" = "$out/work" ] && rm -rf "$work"
