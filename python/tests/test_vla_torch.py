@@ -514,3 +514,95 @@ def test_cuda_baselines_backward_says_it_is_not_built():
     o, _ = vla_torch.linear_attention(q, k, v)
     with pytest.raises(RuntimeError, match="CPU"):
         o.sum().backward()
+
+
+# ---- decode steps: one token per sequence, the state updated in place --------------------------------
+
+def _decode_cases(B, T, H, dk, dv, seed, dtype=torch.float64, device="cpu"):
+    """(name, forward(tokens, state) -> (o, state'), step(tokens_t, state) -> o, tokens, state0) per op;
+    the tokens [B, T, H, ·] and a random state in the op's parts."""
+    q, k, v, u = (x.to(dtype) for x in inputs(B=B, T=T, H=H, dk=dk, dv=dv, seed=seed))
+    beta = some_beta(B, T, H).to(dtype)
+    A, S, z, steps = some_state(B, H, dk, dv)
+    sd = torch.float32 if device == "cuda" else dtype
+    A, S, z = (x.to(sd) for x in (A, S, z))
+    mv = lambda *xs: [x.to(device) for x in xs]
+    return [
+        ("vla", lambda tok, st: vla_torch.vla(*tok, initial_state=st),
+         lambda tok, st: vla_torch.vla_decode_step(*tok, st), mv(q, k, v, u), mv(A, S, z, steps)),
+        ("linear", lambda tok, st: vla_torch.linear_attention(*tok, initial_state=st),
+         lambda tok, st: vla_torch.linear_attention_decode_step(*tok, st), mv(q, k, v), mv(S, z)),
+        ("deltanet", lambda tok, st: vla_torch.deltanet(*tok, initial_state=st[0]),
+         lambda tok, st: vla_torch.deltanet_decode_step(*tok, st[0]), mv(q, k, v, beta), mv(S)),
+    ]
+
+
+def _as_tuple(state):
+    return tuple(state) if isinstance(state, (tuple, list)) else (state,)
+
+
+def test_decode_steps_equal_the_forward_and_update_the_state_in_place():
+    for name, fwd, step, tok, st0 in _decode_cases(B=2, T=23, H=3, dk=8, dv=4, seed=31):
+        ro, rst = fwd(tok, tuple(x.clone() for x in st0))
+        st = [x.clone() for x in st0]
+        ptrs = [x.data_ptr() for x in st]
+        outs = [step([x[:, t] for x in tok], st) for t in range(tok[0].shape[1])]
+        assert [x.data_ptr() for x in st] == ptrs, name  # the caller's tensors, updated in place
+        assert rel(torch.stack(outs, 1), ro) < 1e-14, name
+        for a, b in zip(st, _as_tuple(rst)):
+            assert (torch.equal(a, b) if not a.is_floating_point() else rel(a, b) < 1e-14), name
+
+
+def test_decode_step_from_a_fresh_state_and_through_a_strided_state():
+    q, k, v, u = inputs(B=2, T=5, H=3, dk=8, dv=4, seed=32)
+    ro, (rA, rS, rz, rsteps) = vla_torch.vla(q, k, v, u)
+    A, S, z, steps = vla_torch.fresh_state(2, 3, 8, 4, dtype=torch.float64)
+    S = torch.zeros(2, 3, 8, 4, dtype=torch.float64).transpose(2, 3)  # a non-contiguous view: copied, written back
+    outs = [vla_torch.vla_decode_step(q[:, t], k[:, t], v[:, t], u[:, t], (A, S, z, steps)) for t in range(5)]
+    assert rel(torch.stack(outs, 1), ro) < 1e-14
+    assert rel(A, rA) < 1e-14 and rel(S, rS) < 1e-14 and rel(z, rz) < 1e-14 and torch.equal(steps, rsteps)
+
+
+def test_decode_step_bad_input_changes_nothing():
+    q, k, v, u = (x[:, 0] for x in inputs(B=2, T=1, H=3, dk=8, dv=4, seed=33))
+    state = [x.clone() for x in some_state(2, 3, 8, 4)]
+    before = [x.clone() for x in state]
+    bad_q = q.clone()
+    bad_q[1, 2, 3] = float("nan")
+    with pytest.raises(RuntimeError, match="finite|NaN|nan"):
+        vla_torch.vla_decode_step(bad_q, k, v, u, state)
+    with pytest.raises(RuntimeError, match="one token per sequence"):
+        vla_torch.vla_decode_step(q[:, None], k[:, None], v[:, None], u[:, None], state)
+    with pytest.raises(RuntimeError, match="S0 must be"):
+        vla_torch.vla_decode_step(q, k, v, u, (state[0], state[1][:, :, :2], state[2], state[3]))
+    for a, b in zip(state, before):
+        assert torch.equal(a, b)
+
+
+def test_decode_step_opcheck():
+    q, k, v, u = (x[:, 0] for x in inputs(B=2, T=1, H=2, dk=8, dv=4, seed=34))
+    A, S, z, steps = some_state(2, 2, 8, 4)
+    torch.library.opcheck(torch.ops.vla.vla_decode_step.default,
+                          (q, k, v, u, A.clone(), S.clone(), z.clone(), steps.clone(), *CFG.args()))
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_decode_steps_against_cpu_float64(dtype):
+    """The CUDA decode kernel, step by step, against the CPU operator's forward in float64 (tokens
+    rounded to dtype once, the state float32 on the GPU)."""
+    for (name, fwd, _, tok64, st64), (_, _, step, tok, st) in zip(
+            _decode_cases(B=3, T=40, H=2, dk=32, dv=64, seed=35),
+            _decode_cases(B=3, T=40, H=2, dk=32, dv=64, seed=35, dtype=dtype, device="cuda")):
+        tok64 = [x.to(dtype).double() for x in tok64]  # the values the GPU sees
+        ro, rst = fwd(tok64, tuple(st64))
+        st = [x.clone() for x in st]
+        outs = [step([x[:, t] for x in tok], st) for t in range(40)]
+        o = torch.stack(outs, 1)
+        assert o.dtype == dtype and o.is_cuda, name
+        assert rel(o.double().cpu(), ro) < TOL_O[dtype], name
+        for a, b in zip(st, _as_tuple(rst)):
+            if a.is_floating_point():
+                assert rel(a.double().cpu(), b) < max(TOL_O[dtype], 1e-4), name
+            else:
+                assert torch.equal(a.cpu(), b), name

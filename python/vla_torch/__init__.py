@@ -216,6 +216,53 @@ def deltanet(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tens
     return o, S
 
 
+@torch.library.register_fake("vla::vla_decode_step")
+def _vla_decode_fake(q, k, v, u, A, S, z, steps, *config):
+    return v.new_empty(v.shape)
+
+
+@torch.library.register_fake("vla::linear_attention_decode_step")
+def _la_decode_fake(q, k, v, S, z, *config):
+    return v.new_empty(v.shape)
+
+
+@torch.library.register_fake("vla::deltanet_decode_step")
+def _dn_decode_fake(q, k, v, beta, S, *config):
+    return v.new_empty(v.shape)
+
+
+def fresh_state(batch: int, heads: int, dk: int, dv: int, dtype=torch.float32, device="cpu", config: Config = Config()):
+    """VLA's initial state (docs/maths.md §2): A = I/λ0, S = 0, z = 0, steps = 0, [B, H, …] (the state
+    is float32 on CUDA whatever the tokens' dtype). Linear attention's is (S, z) = zeros, DeltaNet's S."""
+    A = torch.eye(dk, dtype=dtype, device=device).expand(batch, heads, dk, dk) / config.lambda0
+    return (A.contiguous(), torch.zeros(batch, heads, dv, dk, dtype=dtype, device=device),
+            torch.zeros(batch, heads, dk, dtype=dtype, device=device),
+            torch.zeros(batch, heads, dtype=torch.long, device=device))
+
+
+def vla_decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, state,
+                    config: Config = Config()) -> torch.Tensor:
+    """One decode step, one token per sequence: q, k, u [B, H, dk], v [B, H, dv]; state = (A, S, z,
+    steps) as vla() returns it or fresh_state() makes it, [B, H, …], **updated in place**. Returns o
+    [B, H, dv]: the step of docs/maths.md §2, the same as the forward's (CPU: vla's CPU step; CUDA:
+    its decode kernel). Bad input raises before the state changes. Not differentiable (decoding)."""
+    A, S, z, steps = state
+    return torch.ops.vla.vla_decode_step(q, k, v, u, A, S, z, steps, *config.args())
+
+
+def linear_attention_decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state,
+                                 config: Config = Config()) -> torch.Tensor:
+    """Linear attention's decode step (docs/maths.md §7): state = (S, z), updated in place; o [B, H, dv]."""
+    S, z = state
+    return torch.ops.vla.linear_attention_decode_step(q, k, v, S, z, *config.args())
+
+
+def deltanet_decode_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, S: torch.Tensor,
+                         config: Config = Config()) -> torch.Tensor:
+    """DeltaNet's decode step (docs/maths.md §7): beta [B, H]; S updated in place; o [B, H, dv]."""
+    return torch.ops.vla.deltanet_decode_step(q, k, v, beta, S, *config.args())
+
+
 class VLAAttention(torch.nn.Module):
     """The multi-head VLA layer as the authors' VLAv3Attn (notebooks/07) computes it and as vla's C++
     layer does (include/vla/layers/attention.hpp, docs/layers.md): q = ELU(Wq x) + 1, k_raw = Wk x,
@@ -310,4 +357,5 @@ class DeltaNetAttention(torch.nn.Module):
         return self.Wo(o.reshape(B, T, self.d_model)), state
 
 
-__all__ = ["Config", "DeltaNetAttention", "LinearAttention", "VLAAttention", "deltanet", "linear_attention", "vla"]
+__all__ = ["Config", "DeltaNetAttention", "LinearAttention", "VLAAttention", "deltanet", "deltanet_decode_step",
+           "fresh_state", "linear_attention", "linear_attention_decode_step", "vla", "vla_decode_step"]

@@ -27,4 +27,11 @@ template <class Op, class In>
 std::string backward_on_gpu(const vla::ForwardArgs<In, float>& a, const vla::GradArgs<In, float>& g,
                             const vla::Config& cfg, cudaStream_t stream, const std::int64_t* host_cu_seqlens);
 
+/// vla::cuda::decode_step<Op> (docs/cuda.md, the decode kernel) on `stream`: q, k, u [batch, heads, dk],
+/// v, o [batch, heads, dv], beta [batch, heads]; `state` (every part of the op's) updated in place.
+template <class Op, class In>
+std::string decode_on_gpu(std::int64_t batch, std::int64_t heads, std::int64_t dk, std::int64_t dv, const In* q,
+                          const In* k, const In* v, const In* u, const In* beta, In* o,
+                          const vla::StateBuffers<float>& state, const vla::Config& cfg, cudaStream_t stream);
+
 }  // namespace vla_torch

@@ -28,6 +28,18 @@ std::string backward_on_gpu(const vla::ForwardArgs<In, float>& a, const vla::Gra
   return st ? std::string() : st.message;
 }
 
+template <class Op, class In>
+std::string decode_on_gpu(std::int64_t batch, std::int64_t heads, std::int64_t dk, std::int64_t dv, const In* q,
+                          const In* k, const In* v, const In* u, const In* beta, In* o,
+                          const vla::StateBuffers<float>& state, const vla::Config& cfg, cudaStream_t stream) {
+  vla::cuda::DecodeArgs<In> d;
+  d.batch = batch, d.heads = heads, d.dk = dk, d.dv = dv;
+  d.q = q, d.k = k, d.v = v, d.u = u, d.beta = beta, d.o = o;
+  d.state = state;
+  const vla::cuda::Status st = vla::cuda::decode_step<Op, In>(d, cfg, stream);
+  return st ? std::string() : st.message;
+}
+
 }  // namespace vla_torch
 
 #define VLA_TORCH_INSTANTIATE_OP(Op, In)                                                                        \
@@ -35,7 +47,11 @@ std::string backward_on_gpu(const vla::ForwardArgs<In, float>& a, const vla::Gra
                                                          cudaStream_t, const std::int64_t*);                     \
   template std::string vla_torch::backward_on_gpu<Op, In>(const vla::ForwardArgs<In, float>&,                    \
                                                           const vla::GradArgs<In, float>&, const vla::Config&,   \
-                                                          cudaStream_t, const std::int64_t*);
+                                                          cudaStream_t, const std::int64_t*);              \
+  template std::string vla_torch::decode_on_gpu<Op, In>(std::int64_t, std::int64_t, std::int64_t, std::int64_t, \
+                                                        const In*, const In*, const In*, const In*, const In*,   \
+                                                        In*, const vla::StateBuffers<float>&, const vla::Config&, \
+                                                        cudaStream_t);
 /// Every op for one token type.
 #define VLA_TORCH_INSTANTIATE(In)                  \
   VLA_TORCH_INSTANTIATE_OP(::vla::op::Vla, In)     \

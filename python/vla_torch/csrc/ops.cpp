@@ -1,6 +1,7 @@
 // python/vla_torch/csrc/ops.cpp — vla's ops as PyTorch custom operators (TORCH_LIBRARY "vla"):
 // vla_forward / vla_backward (docs/maths.md §2, §9), linear_attention_forward / _backward and
-// deltanet_forward / _backward (the baselines of §7). CPU tensors (float32, float64) run vla's Eigen
+// deltanet_forward / _backward (the baselines of §7), and each op's decode step (*_decode_step: one
+// token per sequence, the state updated in place). CPU tensors (float32, float64) run vla's Eigen
 // backend (vla::forward / vla::backward<backend::Cpu, Op>); with VLA_TORCH_CUDA (the build found
 // CUDA), CUDA tensors (float32, float16, bfloat16 tokens; the state float32) run vla's CUDA backend
 // on torch's current stream (cuda_bridge.h; docs/cuda.md; the baselines' CUDA backward is not built
@@ -298,6 +299,57 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& q_
   return {o, A, S, z, steps};
 }
 
+// Every op's decode step: one token per sequence (q, k, u [B, H, dk], v [B, H, dv], beta [B, H]),
+// the whole state (the op's parts, [B, H, ...]) read and written in place; returns o [B, H, dv]. On
+// the CPU it is vla::forward over T = 1 with the final state aliasing the initial one (vla's CPU
+// backend allows it); on the GPU vla::cuda::decode_step (docs/cuda.md, the decode kernel). vla works
+// on contiguous 16-byte-aligned buffers: the state tensors themselves where they are such, else
+// copies, written back only after a successful step, so a rejected step changes nothing.
+template <class Op>
+Tensor decode_impl(const Tensor& q_, const Tensor& k_, const Tensor& v_, const OptTensor& x_, const StateParts& s,
+                   const vla::Config& cfg) {
+  TORCH_CHECK(q_.dim() == 3 && k_.dim() == 3 && v_.dim() == 3 && (!x_ || x_->dim() == (Op::uses_beta ? 2 : 3)),
+              "vla: a decode step takes one token per sequence: q, k", Op::uses_u ? ", u" : "",
+              " [B, H, dk], v [B, H, dv]", Op::uses_beta ? ", beta [B, H]" : "");
+  const OptTensor x4 = x_ ? OptTensor(x_->unsqueeze(1)) : std::nullopt;
+  const Dims d = check_tokens<Op>(q_.unsqueeze(1), k_.unsqueeze(1), v_.unsqueeze(1), x4, std::nullopt);
+  const DeviceGuard guard(q_);
+  TORCH_CHECK(check_state<Op>(d, s, state_dtype(d, q_), q_.device()), "vla: a decode step needs the state (",
+              Op::uses_A ? "A, " : "", "S", Op::uses_z ? ", z" : "", Op::uses_steps ? ", steps" : "", ")");
+  const Tensor q = buffer(q_), k = buffer(k_), v = buffer(v_), x = buffer(x_);
+  Tensor o = torch::empty({d.batch, d.heads, d.dv}, q_.options());
+  const Tensor o_buf = buffer(o);
+  const StateParts w{buffer(s.A), buffer(s.S), buffer(s.z), buffer(s.steps)};
+  if (d.batch * d.heads == 0) return o;
+  dispatch(d, q.scalar_type(), [&](auto types) {
+    using T = decltype(types);
+    using In = typename T::In;
+    using St = typename T::St;
+    const vla::StateBuffers<St> st = state_buffers<St, Op>(*w.A, *w.S, *w.z, *w.steps);
+    if constexpr (T::gpu) {
+#ifdef VLA_TORCH_CUDA
+      const std::string error = vla_torch::decode_on_gpu<Op, In>(
+          d.batch, d.heads, d.dk, d.dv, ptr<In>(q), ptr<In>(k), ptr<In>(v), Op::uses_u ? ptr<In>(x) : nullptr,
+          Op::uses_beta ? ptr<In>(x) : nullptr, ptr<In>(o_buf), st, cfg, at::cuda::getCurrentCUDAStream().stream());
+      TORCH_CHECK(error.empty(), error);
+#endif
+    } else {
+      vla::ForwardArgs<In, St> a;
+      a.batch = d.batch, a.seq_len = 1, a.heads = d.heads, a.dk = d.dk, a.dv = d.dv;
+      a.q = ptr<In>(q), a.k = ptr<In>(k), a.v = ptr<In>(v), a.o = ptr<In>(o_buf);
+      (Op::uses_beta ? a.beta : a.u) = ptr<In>(x);
+      a.initial_state = {st.A, st.S, st.z, st.steps};
+      a.final_state = st;
+      run_forward<Op, T>(a, cfg, Seqlens(std::nullopt, d, q_.device()));
+    }
+  });
+  const std::pair<const OptTensor*, const OptTensor*> parts[] = {{&s.A, &w.A}, {&s.S, &w.S}, {&s.z, &w.z},
+                                                                 {&s.steps, &w.steps}};
+  for (const auto& [given, work] : parts)
+    if (*given && (*given)->data_ptr() != (*work)->data_ptr()) (*given)->copy_(**work);
+  return o;
+}
+
 // Every op's backward: dq, dk, dv, dx (du or dbeta; undefined for linear attention), dA0, dS0, dz0.
 template <class Op>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
@@ -410,6 +462,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> deltanet_backward(const Tenso
   return {dq, dk, dv, dbeta, dS0};
 }
 
+Tensor vla_decode_step(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& u, const Tensor& A,
+                       const Tensor& S, const Tensor& z, const Tensor& steps, VLA_TORCH_CONFIG_PARAMS) {
+  return decode_impl<Vla>(q, k, v, u, {A, S, z, steps}, VLA_TORCH_CONFIG);
+}
+
+Tensor linear_attention_decode_step(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& S,
+                                    const Tensor& z, VLA_TORCH_CONFIG_PARAMS) {
+  return decode_impl<LinearAttention>(q, k, v, {}, {{}, S, z, {}}, VLA_TORCH_CONFIG);
+}
+
+Tensor deltanet_decode_step(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Tensor& S,
+                            VLA_TORCH_CONFIG_PARAMS) {
+  return decode_impl<DeltaNet>(q, k, v, beta, {{}, S, {}, {}}, VLA_TORCH_CONFIG);
+}
+
 }  // namespace
 
 #define VLA_TORCH_CONFIG_SCHEMA \
@@ -430,6 +497,13 @@ TORCH_LIBRARY(vla, m) {
         VLA_TORCH_CONFIG_SCHEMA ") -> (Tensor o, Tensor S)");
   m.def("deltanet_backward(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? cu_seqlens, Tensor? S0, Tensor d_o, "
         "Tensor? dS, " VLA_TORCH_CONFIG_SCHEMA ") -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbeta, Tensor dS0)");
+  // decode steps: one token per sequence, the state updated in place (its tensors are mutated)
+  m.def("vla_decode_step(Tensor q, Tensor k, Tensor v, Tensor u, Tensor(a!) A, Tensor(b!) S, Tensor(c!) z, "
+        "Tensor(d!) steps, " VLA_TORCH_CONFIG_SCHEMA ") -> Tensor o");
+  m.def("linear_attention_decode_step(Tensor q, Tensor k, Tensor v, Tensor(a!) S, Tensor(b!) z, "
+        VLA_TORCH_CONFIG_SCHEMA ") -> Tensor o");
+  m.def("deltanet_decode_step(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor(a!) S, " VLA_TORCH_CONFIG_SCHEMA
+        ") -> Tensor o");
 }
 
 #define VLA_TORCH_IMPLS(m)                                             \
@@ -438,7 +512,10 @@ TORCH_LIBRARY(vla, m) {
   m.impl("linear_attention_forward", &linear_attention_forward);       \
   m.impl("linear_attention_backward", &linear_attention_backward);     \
   m.impl("deltanet_forward", &deltanet_forward);                       \
-  m.impl("deltanet_backward", &deltanet_backward);
+  m.impl("deltanet_backward", &deltanet_backward);                     \
+  m.impl("vla_decode_step", &vla_decode_step);                         \
+  m.impl("linear_attention_decode_step", &linear_attention_decode_step); \
+  m.impl("deltanet_decode_step", &deltanet_decode_step);
 
 TORCH_LIBRARY_IMPL(vla, CPU, m) { VLA_TORCH_IMPLS(m) }
 #ifdef VLA_TORCH_CUDA
