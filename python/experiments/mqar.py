@@ -5,7 +5,8 @@ softmax attention through PyTorch's SDPA, so the paper's recall claims can be me
     python3 python/experiments/mqar.py [--models vla linear deltanet softmax] [--pairs 4 8 16 24 32 48 64]
                                        [--seeds 0 1 2] [--steps 3000] [--device cuda] [--out mqar.jsonl]
 
-The setup, as issue 12 states it and as their notebook does it (written here from that description):
+The setup, as issue 12 states it and as their notebook does it (written here after reading their
+make_mqar_batch and train_model, not copied; their warm-up factor starts at 0, ours at 1/300):
 - Sequences [k1 v1 … kn vn SEP q1 … qn], T = 3n + 1, vocabulary 128, SEP = 127; the n keys are
   distinct tokens of 0..126, values uniform in 0..126, queries drawn from the keys with
   replacement; the loss (cross-entropy) and the accuracy count only the query positions, whose
