@@ -333,14 +333,11 @@ Tensor decode_impl(const Tensor& q_, const Tensor& k_, const Tensor& v_, const O
           Op::uses_beta ? ptr<In>(x) : nullptr, ptr<In>(o_buf), st, cfg, at::cuda::getCurrentCUDAStream().stream());
       TORCH_CHECK(error.empty(), error);
 #endif
-    } else {
-      vla::ForwardArgs<In, St> a;
-      a.batch = d.batch, a.seq_len = 1, a.heads = d.heads, a.dk = d.dk, a.dv = d.dv;
-      a.q = ptr<In>(q), a.k = ptr<In>(k), a.v = ptr<In>(v), a.o = ptr<In>(o_buf);
-      (Op::uses_beta ? a.beta : a.u) = ptr<In>(x);
-      a.initial_state = {st.A, st.S, st.z, st.steps};
+    } else {  // the forward's own arguments over T = 1 (d has seq_len 1), the final state aliasing the initial
+      const Seqlens none(std::nullopt, d, q_.device());
+      vla::ForwardArgs<In, St> a = forward_args<Op, In, St>(d, none, q, k, v, x, o_buf, true, w);
       a.final_state = st;
-      run_forward<Op, T>(a, cfg, Seqlens(std::nullopt, d, q_.device()));
+      run_forward<Op, T>(a, cfg, none);
     }
   });
   const std::pair<const OptTensor*, const OptTensor*> parts[] = {{&s.A, &w.A}, {&s.S, &w.S}, {&s.z, &w.z},
