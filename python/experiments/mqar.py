@@ -52,9 +52,14 @@ import vla_torch  # noqa: E402
 VOCAB, SEP = 128, 127
 
 
+def seq_len(n_pairs, T=None):
+    """The sequence length of a run: T, or by default 3n + 1 (n queries)."""
+    return 3 * n_pairs + 1 if T is None else T
+
+
 def mqar_batch(B, n_pairs, gen, device, T=None):
     """x, y [B, T] (default T = 3n + 1: n queries); y = -100 except at the T − 2n − 1 query positions."""
-    T = 3 * n_pairs + 1 if T is None else T
+    T = seq_len(n_pairs, T)
     n_q = T - 2 * n_pairs - 1
     if n_q < 1:
         raise ValueError(f"mqar: T = {T} leaves no query for {n_pairs} pairs")
@@ -174,7 +179,7 @@ def evaluate(model, n_pairs, device, batches=20, B=32, seed=10_000, T=None):
 
 def train(kind, n_pairs, seed, a, T=None):
     torch.manual_seed(seed)
-    T_run = 3 * n_pairs + 1 if T is None else T
+    T_run = seq_len(n_pairs, T)
     model = build_model(kind, a, T_run).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     warm = min(a.warmup, a.steps)
@@ -284,7 +289,7 @@ def main():
             print(f"deadline: not starting {kind} n={n} T={T} seed={seed}", flush=True)
             continue
         r = train(kind, n, seed, a, T)
-        if check is not None and kind in ("linear", "deltanet") and a.baselines == "torch":
+        if check is not None and kind in check:
             r["check_rel_err"] = check[kind]
         rows.append(r)
         print(json.dumps(r), flush=True)
